@@ -1,0 +1,209 @@
+//! Node configuration: defaults, then a TOML file, then `CACHEGRID_*` environment variables,
+//! then command-line flags, each overriding the one before. Option names are Redis's where
+//! Redis has the option, so operators can carry their knowledge over.
+
+use std::path::PathBuf;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Everything a node can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the client port listens on.
+    pub bind: String,
+    /// Client port (Redis protocol). 0 picks a free port.
+    pub port: u16,
+    /// Worker threads serving clients; 0 means one per core.
+    pub threads: usize,
+    /// Lock shards of the keyspace (a power of two).
+    pub shards: usize,
+    /// Most connected clients (`maxclients`).
+    pub maxclients: usize,
+    /// Close a client idle this many seconds; 0 never (`timeout`).
+    pub timeout: u64,
+    /// Longest bulk string a client may send (`proto-max-bulk-len`).
+    #[serde(deserialize_with = "de_size")]
+    pub proto_max_bulk_len: u64,
+    /// Most arguments in one command (`proto-max-multibulk-len`; Redis has no name for it).
+    pub proto_max_multibulk_len: u64,
+    /// Largest unparsed input a client may accumulate (`client-query-buffer-limit`).
+    #[serde(deserialize_with = "de_size")]
+    pub client_query_buffer_limit: u64,
+    /// Memory limit for data; 0 means none (`maxmemory`).
+    #[serde(deserialize_with = "de_size")]
+    pub maxmemory: u64,
+    /// What to do at the limit (`maxmemory-policy`).
+    pub maxmemory_policy: String,
+    /// Keys sampled per eviction (`maxmemory-samples`).
+    pub maxmemory_samples: u64,
+    /// LFU counter growth (`lfu-log-factor`).
+    pub lfu_log_factor: u64,
+    /// LFU decay period in minutes (`lfu-decay-time`).
+    pub lfu_decay_time: u64,
+    /// Background task frequency per second: active expiry and memory refresh (`hz`).
+    pub hz: u64,
+    /// Most fields of a compact hash (`hash-max-listpack-entries`).
+    pub hash_max_listpack_entries: u64,
+    /// Longest value of a compact hash (`hash-max-listpack-value`).
+    pub hash_max_listpack_value: u64,
+    /// Password of the default user; none means no AUTH needed (`requirepass`).
+    pub requirepass: Option<String>,
+    /// Directory for the node's files.
+    pub dir: PathBuf,
+    /// Log filter, as `RUST_LOG` (e.g. `info`, `cachegrid=debug`).
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1".into(),
+            port: 7379,
+            threads: 2,
+            shards: 64,
+            maxclients: 10000,
+            timeout: 0,
+            proto_max_bulk_len: 512 * 1024 * 1024,
+            proto_max_multibulk_len: 1024 * 1024,
+            client_query_buffer_limit: 1024 * 1024 * 1024,
+            maxmemory: 0,
+            maxmemory_policy: "noeviction".into(),
+            maxmemory_samples: 5,
+            lfu_log_factor: 10,
+            lfu_decay_time: 1,
+            hz: 10,
+            hash_max_listpack_entries: 128,
+            hash_max_listpack_value: 64,
+            requirepass: None,
+            dir: PathBuf::from("."),
+            log_level: "info".into(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// Errors in configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type.
+    #[error(transparent)]
+    Load(#[from] Box<figment::Error>),
+    /// A value is out of range.
+    #[error("invalid value for '{name}': {reason}")]
+    Invalid {
+        /// The option.
+        name: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults, `file` (if any), `CACHEGRID_*` variables and then `overrides` (flags).
+    pub fn load(file: Option<&std::path::Path>, overrides: impl Serialize) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            fig = fig.merge(Toml::file_exact(file));
+        }
+        let config: Config = fig
+            .merge(Env::prefixed("CACHEGRID_").map(|k| k.as_str().replace('_', "-").into()))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges the type system does not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if crate::store::EvictionPolicy::parse(&self.maxmemory_policy).is_none() {
+            return Err(ConfigError::Invalid {
+                name: "maxmemory-policy",
+                reason: format!("unknown policy '{}'", self.maxmemory_policy),
+            });
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid { name: "log-format", reason: "must be text or json".into() });
+        }
+        if self.maxclients == 0 {
+            return Err(ConfigError::Invalid { name: "maxclients", reason: "must be at least 1".into() });
+        }
+        if !(1..=500).contains(&self.hz) {
+            return Err(ConfigError::Invalid { name: "hz", reason: "must be between 1 and 500".into() });
+        }
+        Ok(())
+    }
+}
+
+/// Parses a memory size the way Redis does: `100`, `1k` (1000), `1kb` (1024), `5mb`, `1gb`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let lower = s.trim().to_ascii_lowercase();
+    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mul: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        N(u64),
+        S(String),
+    }
+    match Size::deserialize(d)? {
+        Size::N(n) => Ok(n),
+        Size::S(s) => parse_size(&s).ok_or_else(|| serde::de::Error::custom(format!("invalid size '{s}'"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_redis_units() {
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("1k"), Some(1000));
+        assert_eq!(parse_size("1kb"), Some(1024));
+        assert_eq!(parse_size("2GB"), Some(2 << 30));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn flags_override_environment_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "port = 7001\nmaxmemory = \"1mb\"\nhz = 20\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CACHEGRID_PORT", "7002");
+            jail.set_env("CACHEGRID_MAXMEMORY_POLICY", "allkeys-lru");
+            #[derive(Serialize)]
+            struct Flags {
+                hz: u64,
+            }
+            let c = Config::load(Some(&file), Flags { hz: 30 }).unwrap();
+            assert_eq!(c.port, 7002);
+            assert_eq!(c.maxmemory, 1024 * 1024);
+            assert_eq!(c.maxmemory_policy, "allkeys-lru");
+            assert_eq!(c.hz, 30);
+            Ok(())
+        });
+    }
+}

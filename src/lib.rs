@@ -1,0 +1,11 @@
+//! cachegrid: a Redis-compatible cache node, the building block of the cachegrid grid.
+//!
+//! A request travels `server` (socket, connection loop) → `protocol` (framing, limits) →
+//! `commands` (dispatch, one file per family) → `store` (the slot-indexed keyspace).
+
+pub mod commands;
+pub mod config;
+pub mod node;
+pub mod protocol;
+pub mod server;
+pub mod store;

@@ -1,0 +1,199 @@
+//! Clients: the state a connection carries (protocol version, auth, transaction), and the
+//! registry of everything CLIENT LIST and CLIENT KILL need to see of other connections.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::commands::CommandSpec;
+use crate::protocol::RespVersion;
+use crate::store::{clock, WatchFlag};
+
+/// What other connections may see of a client (CLIENT LIST, CLIENT KILL).
+pub struct ClientInfo {
+    /// Unique, increasing id.
+    pub id: u64,
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// Local address.
+    pub laddr: SocketAddr,
+    /// Creation time (unix ms).
+    pub created_ms: u64,
+    /// Last command time (unix ms).
+    pub last_active_ms: AtomicU64,
+    /// CLIENT SETNAME.
+    pub name: Mutex<Option<Bytes>>,
+    /// CLIENT SETINFO LIB-NAME and LIB-VER.
+    pub lib: Mutex<(Bytes, Bytes)>,
+    /// The last command run, as CLIENT LIST's `cmd=`.
+    last_command: Mutex<&'static str>,
+    /// 2 or 3.
+    pub resp: AtomicU8,
+    /// Whether a MULTI is open (`flags=x`).
+    pub in_multi: AtomicBool,
+    /// Number of keys watched.
+    pub watching: AtomicU64,
+    /// CLIENT NO-EVICT.
+    pub no_evict: AtomicBool,
+    /// Set by CLIENT KILL or shutdown.
+    pub killed: AtomicBool,
+    /// Wakes the connection when killed.
+    pub kill_signal: Notify,
+}
+
+impl ClientInfo {
+    /// Records the command the client runs now.
+    pub fn set_last_command(&self, name: &'static str) {
+        *self.last_command.lock() = name;
+        self.last_active_ms.store(clock::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Asks the connection to close.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill_signal.notify_one();
+    }
+
+    /// One line of CLIENT LIST / CLIENT INFO, in Redis 7's format.
+    pub fn describe(&self) -> String {
+        let now = clock::now_ms();
+        let name = self.name.lock().clone().unwrap_or_default();
+        let (lib_name, lib_ver) = self.lib.lock().clone();
+        let multi = if self.in_multi.load(Ordering::Relaxed) { "x" } else { "N" };
+        format!(
+            "id={} addr={} laddr={} fd=8 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 \
+             multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 \
+             tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            self.id,
+            self.addr,
+            self.laddr,
+            String::from_utf8_lossy(&name),
+            now.saturating_sub(self.created_ms) / 1000,
+            now.saturating_sub(self.last_active_ms.load(Ordering::Relaxed)) / 1000,
+            multi,
+            *self.last_command.lock(),
+            self.resp.load(Ordering::Relaxed),
+            String::from_utf8_lossy(&lib_name),
+            String::from_utf8_lossy(&lib_ver),
+        )
+    }
+}
+
+/// Every connected client, by id.
+#[derive(Default)]
+pub struct ClientRegistry {
+    next_id: AtomicU64,
+    clients: Mutex<BTreeMap<u64, Arc<ClientInfo>>>,
+}
+
+impl ClientRegistry {
+    /// Registers a new connection and returns its shared info.
+    pub fn register(&self, addr: SocketAddr, laddr: SocketAddr) -> Arc<ClientInfo> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = clock::now_ms();
+        let info = Arc::new(ClientInfo {
+            id,
+            addr,
+            laddr,
+            created_ms: now,
+            last_active_ms: AtomicU64::new(now),
+            name: Mutex::new(None),
+            lib: Mutex::new((Bytes::new(), Bytes::new())),
+            last_command: Mutex::new("NULL"),
+            resp: AtomicU8::new(2),
+            in_multi: AtomicBool::new(false),
+            watching: AtomicU64::new(0),
+            no_evict: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            kill_signal: Notify::new(),
+        });
+        self.clients.lock().insert(id, info.clone());
+        info
+    }
+
+    /// Forgets a closed connection.
+    pub fn unregister(&self, id: u64) {
+        self.clients.lock().remove(&id);
+    }
+
+    /// Number of connected clients.
+    pub fn len(&self) -> usize {
+        self.clients.lock().len()
+    }
+
+    /// Whether no client is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All clients, by increasing id.
+    pub fn snapshot(&self) -> Vec<Arc<ClientInfo>> {
+        self.clients.lock().values().cloned().collect()
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn kill_all(&self) {
+        for c in self.snapshot() {
+            c.kill();
+        }
+    }
+}
+
+/// A command queued by MULTI.
+pub struct Queued {
+    /// What runs.
+    pub spec: &'static CommandSpec,
+    /// Its arguments.
+    pub args: Vec<Bytes>,
+}
+
+/// State of one connection, owned by its task.
+pub struct ClientState {
+    /// Shared view for other connections.
+    pub info: Arc<ClientInfo>,
+    /// Protocol version (HELLO).
+    pub resp: RespVersion,
+    /// Whether AUTH succeeded or no password is set.
+    pub authenticated: bool,
+    /// Commands queued since MULTI; None outside a transaction.
+    pub multi: Option<Vec<Queued>>,
+    /// A command failed to queue: EXEC will abort.
+    pub multi_error: bool,
+    /// Keys under WATCH.
+    pub watched: Vec<(Bytes, bool)>,
+    /// Raised when a watched key changes.
+    pub watch_flag: WatchFlag,
+    /// Close the connection once this reply is written (QUIT, protocol errors).
+    pub close_after_reply: bool,
+}
+
+impl ClientState {
+    /// State for a new connection; `authenticated` is false when a password is required.
+    pub fn new(info: Arc<ClientInfo>, authenticated: bool) -> Self {
+        ClientState {
+            info,
+            resp: RespVersion::Resp2,
+            authenticated,
+            multi: None,
+            multi_error: false,
+            watched: Vec::new(),
+            watch_flag: Arc::new(AtomicBool::new(false)),
+            close_after_reply: false,
+        }
+    }
+
+    /// Whether a MULTI is open.
+    pub fn in_multi(&self) -> bool {
+        self.multi.is_some()
+    }
+
+    /// Client id.
+    pub fn id(&self) -> u64 {
+        self.info.id
+    }
+}

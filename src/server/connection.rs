@@ -1,0 +1,109 @@
+//! One client connection: read whatever arrived, run every complete request in it, and write
+//! all replies with one write. Limits: query buffer size, idle timeout, maxclients.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::{ClientState, Server};
+use crate::commands;
+use crate::protocol::{Reply, RequestParser};
+
+/// Flush replies early once this much output is pending, so a deep pipeline cannot grow the
+/// output buffer without bound.
+const OUTPUT_FLUSH_AT: usize = 64 * 1024;
+
+/// Takes a new connection: refused at maxclients, otherwise served on its own task.
+pub fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, laddr: SocketAddr) {
+    server.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(async move {
+        if server.clients.len() >= server.maxclients.load(Ordering::Relaxed) {
+            server.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            let mut stream = stream;
+            let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+            return;
+        }
+        let info = server.clients.register(peer, laddr);
+        let id = info.id;
+        let authenticated = server.config.read().requirepass.is_none();
+        let mut client = ClientState::new(info, authenticated);
+        if let Err(e) = serve(&server, stream, &mut client).await {
+            debug!(client = id, error = %e, "connection closed with an error");
+        }
+        commands::transactions::unwatch_all(&server, &mut client);
+        server.clients.unregister(id);
+    });
+}
+
+async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientState) -> std::io::Result<()> {
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = BytesMut::with_capacity(16 * 1024);
+    let mut parser = RequestParser::new();
+    let info = client.info.clone();
+    loop {
+        let idle = server.idle_timeout.load(Ordering::Relaxed);
+        let read = tokio::select! {
+            r = stream.read_buf(&mut input) => r?,
+            _ = info.kill_signal.notified() => 0,
+            _ = tokio::time::sleep(Duration::from_secs(idle)), if idle > 0 => {
+                debug!(client = info.id, "closing idle client");
+                0
+            }
+        };
+        if read == 0 || info.killed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        server.stats.net_input.fetch_add(read as u64, Ordering::Relaxed);
+        if input.len() > server.query_buffer_limit.load(Ordering::Relaxed) {
+            tracing::warn!(client = info.id, "closing client that reached the query buffer limit");
+            return Ok(());
+        }
+        let mut close = false;
+        loop {
+            let limits = server.limits(client.authenticated);
+            match parser.next(&mut input, &limits) {
+                Ok(Some(args)) => {
+                    let reply = commands::execute(server, client, args);
+                    if reply.is_error() {
+                        server.stats.error_replies.fetch_add(1, Ordering::Relaxed);
+                    }
+                    reply.encode(client.resp, &mut output);
+                    if client.close_after_reply {
+                        close = true;
+                        break;
+                    }
+                    if output.len() >= OUTPUT_FLUSH_AT {
+                        flush(server, &mut stream, &mut output).await?;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    Reply::error(format!("ERR {e}")).encode(client.resp, &mut output);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        flush(server, &mut stream, &mut output).await?;
+        if close || info.killed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+    }
+}
+
+async fn flush(server: &Server, stream: &mut TcpStream, output: &mut BytesMut) -> std::io::Result<()> {
+    if output.is_empty() {
+        return Ok(());
+    }
+    stream.write_all(output).await?;
+    server.stats.net_output.fetch_add(output.len() as u64, Ordering::Relaxed);
+    output.clear();
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! The server: the listener, connections, the client registry, background jobs (active
+//! expiry, memory refresh) and shutdown. It owns the shared [`Server`] state that commands see.
+
+pub mod client;
+pub mod connection;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use client::{ClientInfo, ClientRegistry, ClientState};
+
+use crate::config::Config;
+use crate::protocol::Limits;
+use crate::store::memory::MemoryGauge;
+use crate::store::{EvictionPolicy, Keyspace};
+
+/// Counters INFO stats reports.
+#[derive(Default)]
+pub struct ServerStats {
+    /// Commands processed.
+    pub commands: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections refused by maxclients.
+    pub rejected: AtomicU64,
+    /// Bytes read from clients.
+    pub net_input: AtomicU64,
+    /// Bytes written to clients.
+    pub net_output: AtomicU64,
+    /// Replies that were errors.
+    pub error_replies: AtomicU64,
+}
+
+/// The node's shared state.
+pub struct Server {
+    /// The configuration as CONFIG GET shows it (CONFIG SET updates it).
+    pub config: RwLock<Config>,
+    /// All keys.
+    pub keyspace: Keyspace,
+    /// Connected clients.
+    pub clients: ClientRegistry,
+    /// Counters.
+    pub stats: ServerStats,
+    /// Memory in use, as the allocator reports it.
+    pub memory: MemoryGauge,
+    /// `maxmemory`, read on every write.
+    pub maxmemory: AtomicU64,
+    /// `proto-max-bulk-len`.
+    pub proto_max_bulk_len: AtomicUsize,
+    /// `proto-max-multibulk-len`.
+    pub proto_max_multibulk_len: AtomicUsize,
+    /// `client-query-buffer-limit`.
+    pub query_buffer_limit: AtomicUsize,
+    /// `maxclients`.
+    pub maxclients: AtomicUsize,
+    /// `timeout` in seconds.
+    pub idle_timeout: AtomicU64,
+    /// Monotonic start, for uptime.
+    pub started: Instant,
+    /// Random id of this run, as Redis's run_id.
+    pub run_id: String,
+    /// Fires when the node shuts down.
+    pub shutdown: CancellationToken,
+    /// Where the client port listens.
+    pub addr: RwLock<Option<SocketAddr>>,
+}
+
+impl Server {
+    /// Shared state for `config`.
+    pub fn new(config: Config) -> Arc<Server> {
+        let keyspace = Keyspace::new(config.shards);
+        let policy = EvictionPolicy::parse(&config.maxmemory_policy).unwrap_or(EvictionPolicy::NoEviction);
+        keyspace.settings.set_policy(policy);
+        let s = &keyspace.settings;
+        s.samples.store(config.maxmemory_samples as usize, Ordering::Relaxed);
+        s.lfu_log_factor.store(config.lfu_log_factor as usize, Ordering::Relaxed);
+        s.lfu_decay_time.store(config.lfu_decay_time as usize, Ordering::Relaxed);
+        s.hash_max_entries.store(config.hash_max_listpack_entries as usize, Ordering::Relaxed);
+        s.hash_max_value.store(config.hash_max_listpack_value as usize, Ordering::Relaxed);
+        let run_id: String = {
+            use rand::Rng;
+            let mut rng = rand::thread_rng();
+            (0..40).map(|_| format!("{:x}", rng.gen_range(0..16))).collect()
+        };
+        let server = Server {
+            maxmemory: AtomicU64::new(config.maxmemory),
+            proto_max_bulk_len: AtomicUsize::new(config.proto_max_bulk_len as usize),
+            proto_max_multibulk_len: AtomicUsize::new(config.proto_max_multibulk_len as usize),
+            query_buffer_limit: AtomicUsize::new(config.client_query_buffer_limit as usize),
+            maxclients: AtomicUsize::new(config.maxclients),
+            idle_timeout: AtomicU64::new(config.timeout),
+            config: RwLock::new(config),
+            keyspace,
+            clients: ClientRegistry::default(),
+            stats: ServerStats::default(),
+            memory: MemoryGauge::default(),
+            started: Instant::now(),
+            run_id,
+            shutdown: CancellationToken::new(),
+            addr: RwLock::new(None),
+        };
+        server.memory.refresh(0);
+        Arc::new(server)
+    }
+
+    /// The request limits in force.
+    pub fn limits(&self, authenticated: bool) -> Limits {
+        Limits {
+            max_bulk_len: self.proto_max_bulk_len.load(Ordering::Relaxed),
+            max_multibulk_len: self.proto_max_multibulk_len.load(Ordering::Relaxed),
+            unauthenticated: !authenticated,
+        }
+    }
+
+    /// Memory in use now, by the allocator's count.
+    pub fn used_memory(&self) -> usize {
+        self.memory.used(self.keyspace.dataset_bytes())
+    }
+
+    /// Makes room under maxmemory before a write that may grow memory, evicting by policy.
+    /// False when the write must be refused (noeviction, or nothing left to evict).
+    pub fn reserve_memory(&self) -> bool {
+        let max = self.maxmemory.load(Ordering::Relaxed) as usize;
+        if max == 0 {
+            return true;
+        }
+        // Bounded so one write never spins: Redis too evicts in slices.
+        for _ in 0..1024 {
+            if self.used_memory() <= max {
+                return true;
+            }
+            if !self.keyspace.evict_one() {
+                return false;
+            }
+        }
+        self.used_memory() <= max
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// Binds the client port of `server` and serves until shutdown. Returns the bound address
+/// through `bound` as soon as it is listening.
+pub async fn serve(
+    server: Arc<Server>,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (bind, port) = {
+        let c = server.config.read();
+        (c.bind.clone(), c.port)
+    };
+    let listener = TcpListener::bind((bind.as_str(), port))
+        .await
+        .with_context(|| format!("cannot listen on {bind}:{port}"))?;
+    let addr = listener.local_addr()?;
+    *server.addr.write() = Some(addr);
+    info!(%addr, "cachegrid node ready to accept connections");
+    if let Some(tx) = bound {
+        let _ = tx.send(addr);
+    }
+    tokio::spawn(background(server.clone()));
+    loop {
+        tokio::select! {
+            _ = server.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => connection::accept(server.clone(), stream, peer, addr),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    info!("shutting down: closing client connections");
+    server.clients.kill_all();
+    // Give connection tasks a moment to flush their last replies.
+    for _ in 0..50 {
+        if server.clients.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    info!("bye");
+    Ok(())
+}
+
+/// Redis's `serverCron` jobs: active expiry and memory statistics, `hz` times a second.
+async fn background(server: Arc<Server>) {
+    loop {
+        let hz = server.config.read().hz.max(1);
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(1000 / hz)) => {}
+        }
+        server.memory.refresh(server.keyspace.dataset_bytes());
+        // Like Redis's active expire cycle: keep going while a quarter of what we look at
+        // has expired, within a time budget of a quarter of the period.
+        let budget = Duration::from_millis(250 / hz);
+        let start = Instant::now();
+        loop {
+            let (checked, expired) = server.keyspace.active_expire(4096);
+            if checked == 0 || expired * 4 < checked || start.elapsed() > budget {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        // Enforce maxmemory after CONFIG SET lowered it, as Redis does.
+        if server.maxmemory.load(Ordering::Relaxed) > 0 {
+            server.reserve_memory();
+        }
+    }
+}
