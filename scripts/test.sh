@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs, and what a developer runs before pushing.
+# Tests start the nodes they need; they use the Redis on 127.0.0.1:6379 as the reference for
+# differential tests (required when CI=true) and redis-cli where installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-cli >/dev/null || ! command -v redis-server >/dev/null; then
+  echo "installing redis-tools and redis-server (redis-cli, the reference server)" >&2
+  apt-get update -qq && apt-get install -y -qq redis-tools redis-server >/dev/null
+fi
+if ! redis-cli -p 6379 ping >/dev/null 2>&1; then
+  echo "starting the reference Redis on 127.0.0.1:6379" >&2
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+  for _ in $(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+cargo test --workspace --all-targets "$@"
