@@ -91,6 +91,8 @@ fn init_logging(config: &Config) {
 }
 
 fn main() -> anyhow::Result<()> {
+    #[cfg(feature = "jemalloc")]
+    cachegrid::store::memory::use_allocator_stats();
     let cli = Cli::parse();
     match cli.command {
         Command::Node(args) => {

@@ -2,7 +2,25 @@
 //! (jemalloc's `stats.allocated`, as Redis reports zmalloc's), refreshed periodically, plus
 //! the keyspace's change since the last refresh so eviction reacts between refreshes.
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+
+/// Set by the `cachegrid` binary, whose global allocator is jemalloc. A node embedded in
+/// another program cannot read the allocator and counts its dataset bytes instead.
+static ALLOCATOR_STATS: AtomicBool = AtomicBool::new(false);
+
+/// Declares that jemalloc is the process's global allocator, so its statistics are the truth.
+pub fn use_allocator_stats() {
+    ALLOCATOR_STATS.store(true, Ordering::Relaxed);
+}
+
+/// The allocator name INFO reports.
+pub fn allocator_name() -> &'static str {
+    if ALLOCATOR_STATS.load(Ordering::Relaxed) {
+        "jemalloc-5.3.0"
+    } else {
+        "libc"
+    }
+}
 
 /// Allocated bytes at the last refresh, and the keyspace's dataset bytes then.
 #[derive(Default)]
@@ -38,6 +56,9 @@ impl MemoryGauge {
 #[cfg(feature = "jemalloc")]
 pub fn allocated_bytes() -> Option<usize> {
     use tikv_jemalloc_ctl::{epoch, stats};
+    if !ALLOCATOR_STATS.load(Ordering::Relaxed) {
+        return None;
+    }
     epoch::advance().ok()?;
     stats::allocated::read().ok()
 }
