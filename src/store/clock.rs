@@ -3,9 +3,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The LRU clock wraps at 24 bits, as Redis's does.
-pub const LRU_CLOCK_MAX: u32 = (1 << 24) - 1;
-
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -16,9 +13,10 @@ pub fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
-/// A 24-bit clock in seconds for LRU idle times.
+/// A 32-bit clock in milliseconds for LRU idle times (Redis's is 24 bits of seconds; ours
+/// tells apart keys touched within the same second and wraps after 49 days).
 pub fn lru_clock() -> u32 {
-    ((now_ms() / 1000) as u32) & LRU_CLOCK_MAX
+    now_ms() as u32
 }
 
 /// A 16-bit clock in minutes for LFU decay.

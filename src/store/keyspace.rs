@@ -403,13 +403,9 @@ impl Shard {
     }
 }
 
-/// Seconds since the key was last touched, from a 24-bit LRU clock.
+/// Milliseconds since the key was last touched, from the wrapping LRU clock.
 fn lru_idle(now: u32, then: u32) -> u32 {
-    if now >= then {
-        now - then
-    } else {
-        now + (clock::LRU_CLOCK_MAX - then)
-    }
+    now.wrapping_sub(then)
 }
 
 /// The LFU counter (low 8 bits) after decay by the minutes elapsed (high 16 bits).
