@@ -41,11 +41,12 @@ fn the_active_cycle_reclaims_expired_keys_nobody_reads() {
     for i in 0..500 {
         assert_eq!(c.cmd_str(&["SET", &format!("long:{i}"), "v"]), "+OK\r\n");
     }
-    assert_eq!(node.server.keyspace.len(), 2500);
+    // Some short keys may already be gone: the cycle runs while we insert.
+    assert!(node.server.keyspace.len() > 500);
     let reclaimed = wait_until(Duration::from_secs(5), || node.server.keyspace.len() == 500);
     assert!(reclaimed, "{} keys left", node.server.keyspace.len());
     assert_eq!(node.server.keyspace.stats.expired_keys.load(Ordering::Relaxed), 2000);
-    assert_eq!(node.server.keyspace.dataset_bytes() > 0, true);
+    assert!(node.server.keyspace.dataset_bytes() > 0);
     assert_eq!(c.cmd_str(&["GET", "long:7"]), "$1\r\nv\r\n");
 }
 
