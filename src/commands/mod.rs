@@ -170,7 +170,7 @@ pub fn all_commands() -> impl Iterator<Item = &'static CommandSpec> {
     .flatten()
 }
 
-static TABLE: LazyLock<HashMap<&'static str, &'static CommandSpec>> =
+static TABLE: LazyLock<HashMap<&'static str, &'static CommandSpec, foldhash::fast::FixedState>> =
     LazyLock::new(|| all_commands().map(|c| (c.name, c)).collect());
 
 /// Looks a command up by name, case-insensitively.
@@ -294,7 +294,7 @@ pub fn execute(server: &Arc<Server>, client: &mut ClientState, args: Vec<Bytes>)
         }
     };
     server.stats.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    client.info.set_last_command(spec.name);
+    client.info.set_last_command(spec, client.now_ms);
     if !client.authenticated && !spec.has_flag("no-auth") {
         transactions::flag_error_in_multi(client);
         return Reply::error("NOAUTH Authentication required.");
@@ -321,7 +321,7 @@ pub fn execute(server: &Arc<Server>, client: &mut ClientState, args: Vec<Bytes>)
 
 /// Runs `spec` with its keys locked.
 pub fn run(server: &Arc<Server>, client: &mut ClientState, spec: &CommandSpec, args: &[Bytes]) -> Reply {
-    let now = crate::store::clock::now_ms();
+    let now = client.now_ms;
     let ks = &server.keyspace;
     let mut db = match spec.keys {
         Keys::None => ks.lock_none(now),

@@ -114,7 +114,7 @@ pub fn exec(server: &Arc<Server>, client: &mut ClientState) -> Reply {
         return Reply::error("EXECABORT Transaction discarded because of previous errors.");
     }
     let queued = end_multi(client);
-    let now = clock::now_ms();
+    let now = client.now_ms;
     let keyspace_wide = queued.iter().any(|q| q.spec.keys == Keys::All);
     let mut db = if keyspace_wide {
         server.keyspace.lock_all(now)

@@ -66,9 +66,23 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == needle)
 }
 
-/// Parses a header number as Redis's string2ll would (no sign for '+', no spaces).
+/// Parses a header number as Redis's string2ll would (optional '-', digits only).
 fn parse_len(s: &[u8]) -> Option<i64> {
-    std::str::from_utf8(s).ok()?.parse::<i64>().ok().filter(|_| !s.starts_with(b"+"))
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + (d - b'0') as i64;
+    }
+    Some(if neg { -n } else { n })
 }
 
 impl RequestParser {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -30,8 +30,9 @@ pub struct ClientInfo {
     pub name: Mutex<Option<Bytes>>,
     /// CLIENT SETINFO LIB-NAME and LIB-VER.
     pub lib: Mutex<(Bytes, Bytes)>,
-    /// The last command run, as CLIENT LIST's `cmd=`.
-    last_command: Mutex<&'static str>,
+    /// The last command run, as CLIENT LIST's `cmd=` (a pointer into the static command
+    /// table, so recording it costs one store).
+    last_command: AtomicPtr<CommandSpec>,
     /// 2 or 3.
     pub resp: AtomicU8,
     /// Whether a MULTI is open (`flags=x`).
@@ -47,10 +48,17 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
-    /// Records the command the client runs now.
-    pub fn set_last_command(&self, name: &'static str) {
-        *self.last_command.lock() = name;
-        self.last_active_ms.store(clock::now_ms(), Ordering::Relaxed);
+    /// Records the command the client runs at `now_ms`.
+    pub fn set_last_command(&self, spec: &'static CommandSpec, now_ms: u64) {
+        self.last_command.store(spec as *const CommandSpec as *mut CommandSpec, Ordering::Relaxed);
+        self.last_active_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Name of the last command run, or `NULL` before the first.
+    pub fn last_command_name(&self) -> &'static str {
+        let p = self.last_command.load(Ordering::Relaxed);
+        // SAFETY: only ever set from `&'static CommandSpec` references.
+        unsafe { p.as_ref() }.map(|s| s.name).unwrap_or("NULL")
     }
 
     /// Asks the connection to close.
@@ -76,7 +84,7 @@ impl ClientInfo {
             now.saturating_sub(self.created_ms) / 1000,
             now.saturating_sub(self.last_active_ms.load(Ordering::Relaxed)) / 1000,
             multi,
-            *self.last_command.lock(),
+            self.last_command_name(),
             self.resp.load(Ordering::Relaxed),
             String::from_utf8_lossy(&lib_name),
             String::from_utf8_lossy(&lib_ver),
@@ -104,7 +112,7 @@ impl ClientRegistry {
             last_active_ms: AtomicU64::new(now),
             name: Mutex::new(None),
             lib: Mutex::new((Bytes::new(), Bytes::new())),
-            last_command: Mutex::new("NULL"),
+            last_command: AtomicPtr::new(std::ptr::null_mut()),
             resp: AtomicU8::new(2),
             in_multi: AtomicBool::new(false),
             watching: AtomicU64::new(0),
@@ -170,6 +178,9 @@ pub struct ClientState {
     pub watch_flag: WatchFlag,
     /// Close the connection once this reply is written (QUIT, protocol errors).
     pub close_after_reply: bool,
+    /// Unix milliseconds at which the current batch of requests is served: read once per
+    /// batch, as Redis caches its clock, so commands do not each ask the kernel.
+    pub now_ms: u64,
 }
 
 impl ClientState {
@@ -184,6 +195,7 @@ impl ClientState {
             watched: Vec::new(),
             watch_flag: Arc::new(AtomicBool::new(false)),
             close_after_reply: false,
+            now_ms: clock::now_ms(),
         }
     }
 

@@ -66,6 +66,7 @@ async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientS
             return Ok(());
         }
         let mut close = false;
+        client.now_ms = crate::store::clock::now_ms();
         loop {
             let limits = server.limits(client.authenticated);
             match parser.next(&mut input, &limits) {

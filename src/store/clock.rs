@@ -13,13 +13,9 @@ pub fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
-/// A 32-bit clock in milliseconds for LRU idle times (Redis's is 24 bits of seconds; ours
-/// tells apart keys touched within the same second and wraps after 49 days).
-pub fn lru_clock() -> u32 {
-    now_ms() as u32
-}
-
-/// A 16-bit clock in minutes for LFU decay.
-pub fn lfu_minutes() -> u16 {
-    ((now_ms() / 60_000) & 0xffff) as u16
+/// The 16-bit clock in minutes that LFU decay runs on, at unix time `ms`. (The LRU clock is
+/// simply the low 32 bits of unix milliseconds: it tells apart keys touched within the same
+/// second, where Redis's 24-bit seconds clock cannot, and wraps after 49 days.)
+pub fn lfu_minutes_at(ms: u64) -> u16 {
+    ((ms / 60_000) & 0xffff) as u16
 }

@@ -258,18 +258,18 @@ impl Keyspace {
         idx.sort_unstable();
         idx.dedup();
         let locked = idx.into_iter().map(|i| (i, self.shards[i].lock())).collect();
-        Db { ks: self, locked, all: false, now }
+        Db { ks: self, locked, all: false, now, memo: Memo::default() }
     }
 
     /// Locks every shard, for keyspace-wide commands (KEYS, SCAN, FLUSHALL, ...).
     pub fn lock_all(&self, now: u64) -> Db<'_> {
         let locked = self.shards.iter().enumerate().map(|(i, s)| (i, s.lock())).collect();
-        Db { ks: self, locked, all: true, now }
+        Db { ks: self, locked, all: true, now, memo: Memo::default() }
     }
 
     /// Locks nothing: for commands that touch no key.
     pub fn lock_none(&self, now: u64) -> Db<'_> {
-        Db { ks: self, locked: SmallVec::new(), all: false, now }
+        Db { ks: self, locked: SmallVec::new(), all: false, now, memo: Memo::default() }
     }
 
     /// Number of keys, including expired keys not yet reclaimed (as Redis's DBSIZE).
@@ -308,7 +308,7 @@ impl Keyspace {
             if guard.volatile == 0 {
                 continue;
             }
-            let mut db = Db { ks: self, locked: SmallVec::new(), all: false, now };
+            let mut db = Db { ks: self, locked: SmallVec::new(), all: false, now, memo: Memo::default() };
             db.locked.push((i, guard));
             let (c, e) = db.expire_sweep(0, per_shard);
             guard = db.locked.pop().unwrap().1;
@@ -327,7 +327,7 @@ impl Keyspace {
         }
         let samples = self.settings.samples.load(Ordering::Relaxed).max(1);
         let now = clock::now_ms();
-        let lru_now = clock::lru_clock();
+        let lru_now = now as u32;
         let mut rng = rand::thread_rng();
         // (score: higher is a better victim, shard, key)
         let mut best: Option<(u64, usize, Box<[u8]>)> = None;
@@ -346,7 +346,7 @@ impl Keyspace {
                 }
                 EvictionPolicy::AllKeysLfu | EvictionPolicy::VolatileLfu => {
                     let decay = self.settings.lfu_decay_time.load(Ordering::Relaxed);
-                    255 - lfu_decayed(e.access, decay) as u64
+                    255 - lfu_decayed(e.access, decay, now) as u64
                 }
                 EvictionPolicy::VolatileTtl => u64::MAX - e.expire_at,
                 _ => rng.gen(),
@@ -409,13 +409,13 @@ fn lru_idle(now: u32, then: u32) -> u32 {
 }
 
 /// The LFU counter (low 8 bits) after decay by the minutes elapsed (high 16 bits).
-fn lfu_decayed(access: u32, decay_minutes: usize) -> u8 {
+fn lfu_decayed(access: u32, decay_minutes: usize, now_ms: u64) -> u8 {
     let counter = (access & 0xff) as u8;
     if decay_minutes == 0 {
         return counter;
     }
     let then = (access >> 8) as u16;
-    let now = clock::lfu_minutes();
+    let now = clock::lfu_minutes_at(now_ms);
     let elapsed = now.wrapping_sub(then) as usize;
     let periods = elapsed / decay_minutes;
     counter.saturating_sub(periods.min(255) as u8)
@@ -436,12 +436,31 @@ fn lfu_incr(counter: u8, log_factor: usize) -> u8 {
     }
 }
 
+/// Longest key whose location [`Db`] remembers.
+const MEMO_KEY: usize = 62;
+
+/// The last key located, with its slot and hash.
+struct Memo {
+    key: [u8; MEMO_KEY],
+    /// Length of `key`; `u8::MAX` when empty.
+    len: u8,
+    slot: u16,
+    hash: u64,
+}
+
+impl Default for Memo {
+    fn default() -> Self {
+        Memo { key: [0; MEMO_KEY], len: u8::MAX, slot: 0, hash: 0 }
+    }
+}
+
 /// A view of the keyspace with some shards locked: what a command runs against.
 pub struct Db<'a> {
     ks: &'a Keyspace,
     locked: SmallVec<[(usize, MutexGuard<'a, Shard>); 2]>,
     all: bool,
     now: u64,
+    memo: Memo,
 }
 
 /// Why a key is being removed, for counters and watchers.
@@ -474,9 +493,26 @@ impl<'a> Db<'a> {
         }
     }
 
-    fn locate(&mut self, key: &[u8]) -> (u64, &mut Shard, usize) {
-        let slot = key_slot(key) as usize;
+    /// Slot and table hash of `key`. A command usually touches the same key several times
+    /// (look up, change, signal), so the last short key's result is remembered.
+    fn loc(&mut self, key: &[u8]) -> (usize, u64) {
+        let m = &self.memo;
+        if m.len as usize == key.len() && m.len != u8::MAX && &m.key[..key.len()] == key {
+            return (m.slot as usize, m.hash);
+        }
+        let slot = key_slot(key);
         let hash = self.ks.hash(key);
+        if key.len() <= MEMO_KEY {
+            self.memo.key[..key.len()].copy_from_slice(key);
+            self.memo.len = key.len() as u8;
+            self.memo.slot = slot;
+            self.memo.hash = hash;
+        }
+        (slot as usize, hash)
+    }
+
+    fn locate(&mut self, key: &[u8]) -> (u64, &mut Shard, usize) {
+        let (slot, hash) = self.loc(key);
         let shard = self.shard(slot);
         let local = slot - shard.first_slot;
         (hash, shard, local)
@@ -539,10 +575,10 @@ impl<'a> Db<'a> {
         }
         if touch {
             e.access = if policy.is_lfu() {
-                let c = lfu_incr(lfu_decayed(e.access, decay), log_factor);
-                ((clock::lfu_minutes() as u32) << 8) | c as u32
+                let c = lfu_incr(lfu_decayed(e.access, decay, now), log_factor);
+                ((clock::lfu_minutes_at(now) as u32) << 8) | c as u32
             } else {
-                clock::lru_clock()
+                now as u32
             };
         }
         true
@@ -551,9 +587,9 @@ impl<'a> Db<'a> {
     fn fresh_access(&self) -> u32 {
         if self.ks.settings.policy().is_lfu() {
             // New keys start at LFU_INIT_VAL (5) so they are not evicted at once.
-            ((clock::lfu_minutes() as u32) << 8) | 5
+            ((clock::lfu_minutes_at(self.now) as u32) << 8) | 5
         } else {
-            clock::lru_clock()
+            self.now as u32
         }
     }
 
@@ -664,7 +700,7 @@ impl<'a> Db<'a> {
         if why == Removal::Command {
             self.ks.stats.dirty.fetch_add(1, Ordering::Relaxed);
         }
-        let slot = key_slot(key) as usize;
+        let (slot, _) = self.loc(key);
         let shard = self.shard(slot);
         if shard.watchers.is_empty() {
             return;
