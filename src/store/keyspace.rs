@@ -49,15 +49,21 @@ impl Entry {
     }
 
     fn footprint(&self) -> usize {
-        // Table slot (entry + control byte at the usual load factor), key and value.
-        (std::mem::size_of::<Entry>() + 1) * 8 / 7 + alloc_size(self.key.len()) + self.value.heap_size()
+        // Table slot (a pointer and a control byte at the usual load factor), the boxed
+        // entry, its key and its value.
+        9 * 8 / 7
+            + alloc_size(std::mem::size_of::<Entry>())
+            + alloc_size(self.key.len())
+            + self.value.heap_size()
     }
 }
 
 /// The keys of one hash slot.
 #[derive(Default)]
 struct SlotTable {
-    table: HashTable<Entry>,
+    /// Boxed entries: a table sized in powers of two is often half empty, and an empty
+    /// pointer slot costs 8 bytes where an empty inline entry would cost 56.
+    table: HashTable<Box<Entry>>,
     volatile: u32,
 }
 
@@ -395,9 +401,10 @@ impl Shard {
             if volatile {
                 let candidates = t.table.iter().filter(|e| e.expire_at != 0);
                 let count = t.volatile as usize;
-                return candidates.clone().nth(rng.gen_range(0..count)).or_else(|| candidates.last());
+                let pick = candidates.clone().nth(rng.gen_range(0..count)).or_else(|| candidates.last());
+                return pick.map(|e| &**e);
             }
-            return t.table.iter().nth(rng.gen_range(0..t.table.len()));
+            return t.table.iter().nth(rng.gen_range(0..t.table.len())).map(|e| &**e);
         }
         None
     }
@@ -556,7 +563,7 @@ impl<'a> Db<'a> {
 
     fn entry_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         let (hash, shard, local) = self.locate(key);
-        shard.slots[local].table.find_mut(hash, |e| &*e.key == key)
+        shard.slots[local].table.find_mut(hash, |e| &*e.key == key).map(|e| &mut **e)
     }
 
     /// Finds the key, removes it when expired, optionally refreshes its access data.
@@ -608,7 +615,7 @@ impl<'a> Db<'a> {
             table.volatile += 1;
             shard.volatile += 1;
         }
-        table.table.insert_unique(hash, entry, |e| ks.hash(&e.key));
+        table.table.insert_unique(hash, Box::new(entry), |e| ks.hash(&e.key));
         shard.keys += 1;
         ks.key_count.fetch_add(1, Ordering::Relaxed);
         ks.dataset_bytes.fetch_add(mem, Ordering::Relaxed);
@@ -679,6 +686,7 @@ impl<'a> Db<'a> {
             return None;
         };
         let (entry, _) = found.remove();
+        let entry = *entry;
         if entry.expire_at != 0 {
             table.volatile -= 1;
             shard.volatile -= 1;
