@@ -205,10 +205,15 @@ pub fn encode(args: &[&[u8]]) -> Vec<u8> {
 
 /// Length of the first complete RESP2/RESP3 frame in `buf`.
 pub fn frame_len(buf: &[u8]) -> Option<usize> {
-    use redis_protocol::resp3::decode::complete::decode;
-    match decode(buf) {
+    // RESP2's decoder knows `$-1`/`*-1`; RESP3's knows maps, sets, doubles... A RESP2 error on
+    // a complete buffer means a RESP3 frame.
+    match redis_protocol::resp2::decode::decode(buf) {
         Ok(Some((_, n))) => Some(n),
-        _ => None,
+        Ok(None) => None,
+        Err(_) => match redis_protocol::resp3::decode::complete::decode(buf) {
+            Ok(Some((_, n))) => Some(n),
+            _ => None,
+        },
     }
 }
 
