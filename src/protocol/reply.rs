@@ -44,6 +44,8 @@ pub enum Reply {
     Verbatim(Bytes),
     /// An out-of-band push (RESP3 `>`): an array in RESP2.
     Push(Vec<Reply>),
+    /// Nothing at all: the connection closes without a reply (SHUTDOWN).
+    NoReply,
 }
 
 impl Reply {
@@ -119,6 +121,7 @@ impl Reply {
                 out.put_slice(b"\r\n");
             }
             Reply::Verbatim(text) => bulk(out, text),
+            Reply::NoReply => {}
         }
     }
 }

@@ -901,4 +901,11 @@ impl<'a> Db<'a> {
         }
         (checked, expired_keys.len())
     }
+
+    /// Number of keys with a TTL, counted over the locked shards (INFO keyspace under
+    /// `Keys::All`, safe inside EXEC where [`Keyspace::volatile_len`] would lock again).
+    pub fn volatile_count(&self) -> usize {
+        self.require_all();
+        self.locked.iter().map(|(_, s)| s.volatile).sum()
+    }
 }
