@@ -215,7 +215,7 @@ fn section(ctx: &mut Ctx<'_, '_>, name: &str, out: &mut String) {
             f("uptime_in_days", &(uptime / 86400));
             f("hz", &hz);
             f("configured_hz", &hz);
-            f("lru_clock", &clock::lru_clock());
+            f("lru_clock", &((clock::now_ms() / 1000) & 0xff_ffff));
             f("executable", &std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default());
             f("config_file", &"");
             f("io_threads_active", &0);
@@ -260,7 +260,7 @@ fn section(ctx: &mut Ctx<'_, '_>, name: &str, out: &mut String) {
                 "mem_fragmentation_ratio",
                 &format!("{:.2}", if used == 0 { 0.0 } else { rss as f64 / used as f64 }),
             );
-            f("mem_allocator", &if cfg!(feature = "jemalloc") { "jemalloc-5.3.0" } else { "libc" });
+            f("mem_allocator", &crate::store::memory::allocator_name());
             f("lazyfree_pending_objects", &0);
         }
         "persistence" => {
