@@ -107,7 +107,7 @@ fn expire_generic(ctx: &mut Ctx<'_, '_>, args: &[Bytes], relative: bool, unit_ms
         return err::not_integer();
     };
     if unit_ms == 1000 {
-        if when > i64::MAX / 1000 || when < i64::MIN / 1000 {
+        if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
             return err::invalid_expire(name);
         }
         when *= 1000;

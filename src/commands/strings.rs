@@ -208,7 +208,7 @@ fn mget(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
 }
 
 fn mset(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return wrong_arity("mset");
     }
     for pair in args[1..].chunks(2) {
@@ -218,7 +218,7 @@ fn mset(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
 }
 
 fn msetnx(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return wrong_arity("msetnx");
     }
     if args[1..].iter().step_by(2).any(|k| ctx.db.get_quiet(k).is_some()) {
