@@ -205,8 +205,13 @@ pub fn encode(args: &[&[u8]]) -> Vec<u8> {
 
 /// Length of the first complete RESP2/RESP3 frame in `buf`.
 pub fn frame_len(buf: &[u8]) -> Option<usize> {
-    use redis_protocol::resp3::decode::complete::decode;
-    match decode(buf) {
+    // RESP2 first: the RESP3 decoder reads `$-1`/`*-1` (RESP2 nulls) as streamed frames.
+    match redis_protocol::resp2::decode::decode(buf) {
+        Ok(Some((_, n))) => return Some(n),
+        Ok(None) => return None,
+        Err(_) => {}
+    }
+    match redis_protocol::resp3::decode::complete::decode(buf) {
         Ok(Some((_, n))) => Some(n),
         _ => None,
     }
