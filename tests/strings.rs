@@ -250,6 +250,28 @@ fn incrbyfloat_matches_redis() {
             &["INCRBYFLOAT", "$f", "2.0e2"],
             &["TTL", "$f"],
             &["INCRBYFLOAT", "$big", "1e20"],
+            &["INCRBYFLOAT", "$big", "5200"],
+            &["INCRBYFLOAT", "$huge", "1e400"],
+            &["INCRBYFLOAT", "$huge", "-1e400"],
+            &["INCRBYFLOAT", "$huge", "1e5000"],
+            &["INCRBYFLOAT", "$huge", "-0x1.8p3"],
+            &["SET", "$x", "1000"],
+            &["INCRBYFLOAT", "$x", "0.1"],
+            &["INCRBYFLOAT", "$x", "0.1"],
+            &["SET", "$x", "1e15"],
+            &["INCRBYFLOAT", "$x", "0.3"],
+            &["SET", "$x", "inf"],
+            &["INCRBYFLOAT", "$x", "abc"],
+            &["INCRBYFLOAT", "$x", "1"],
+            &["SET", "$x", "1e"],
+            &["INCRBYFLOAT", "$x", "1"],
+            &["SET", "$x", "1.5e+2"],
+            &["INCRBYFLOAT", "$x", "1E-1"],
+            &["INCRBYFLOAT", "$x", "5."],
+            &["INCRBYFLOAT", "$x", "."],
+            &["INCRBYFLOAT", "$x", "1e+"],
+            &["INCRBYFLOAT", "$x", "--1"],
+            &["INCRBYFLOAT", "$x", "Infinity"],
             &["INCRBYFLOAT", "$f", "0x10"],
             &["SET", "$f", "0.3"],
             &["INCRBYFLOAT", "$f", "1e-20"],
@@ -272,6 +294,35 @@ fn incrbyfloat_matches_redis() {
             &["INCRBYFLOAT", "$f"],
         ],
     );
+}
+
+#[test]
+fn incrbyfloat_digits_match_redis_long_double_for_many_values() {
+    let node = TestNode::start();
+    let Some(mut d) = Differential::new(&node, "str_incrbyfloat_many") else { return };
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for _ in 0..150 {
+        let sign = if next(3) == 0 { "-" } else { "" };
+        let digits = next(12) as u32 + 1;
+        let int = next(10u64.pow(digits));
+        let frac = format!("{:0width$}", next(1_000_000), width = 6);
+        let incr = match next(4) {
+            0 => format!("{sign}{int}"),
+            1 => {
+                let len = next(6) as usize + 1;
+                format!("{sign}{int}.{}", &frac[..len])
+            }
+            2 => format!("{sign}0.{frac}"),
+            _ => format!("{sign}{}e{}", next(1000), next(40) as i64 - 20),
+        };
+        d.check_str(&["INCRBYFLOAT", "$acc", &incr]);
+    }
 }
 
 #[test]

@@ -4,10 +4,11 @@ use bytes::Bytes;
 
 use std::sync::atomic::Ordering;
 
-use super::args::{format_float, is, parse_f64, parse_i64};
+use super::args::{is, parse_i64};
 use super::{cmd, err, wrong_arity, CommandSpec, Ctx, Keys};
 use crate::protocol::Reply;
 use crate::store::{Db, Entry, Value};
+use long_double::Ld;
 
 /// Keys at every other argument from 1 on (MSET, MSETNX).
 const PAIRS: Keys = Keys::Range { first: 1, last: -1, step: 2 };
@@ -335,9 +336,26 @@ fn decrby(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
     }
 }
 
-/// Parses a float as `strtold` does, including the hexadecimal form (`0x1.8p3`).
-fn parse_long_double(b: &[u8]) -> Option<f64> {
-    parse_f64(b).or_else(|| parse_hex_float(b))
+/// A float operand of INCRBYFLOAT as `strtold` reads it (Redis's `string2ld`).
+enum LongDouble {
+    Finite(Ld),
+    Infinite,
+}
+
+/// Parses like `string2ld`: no leading space, at most 5 KB, decimal, hexadecimal or `inf`;
+/// NaN and overflow are refused.
+fn parse_long_double(b: &[u8]) -> Option<LongDouble> {
+    if b.is_empty() || b.len() >= 5 * 1024 || b[0].is_ascii_whitespace() {
+        return None;
+    }
+    if let Some(v) = Ld::parse_decimal(b) {
+        return Some(LongDouble::Finite(v));
+    }
+    let unsigned = b.strip_prefix(b"-").or_else(|| b.strip_prefix(b"+")).unwrap_or(b);
+    if unsigned.eq_ignore_ascii_case(b"inf") || unsigned.eq_ignore_ascii_case(b"infinity") {
+        return Some(LongDouble::Infinite);
+    }
+    parse_hex_float(b).filter(|v| v.is_finite()).map(|v| LongDouble::Finite(Ld::from_f64(v)))
 }
 
 fn parse_hex_float(b: &[u8]) -> Option<f64> {
@@ -374,26 +392,10 @@ fn parse_hex_float(b: &[u8]) -> Option<f64> {
     Some(if neg { -v } else { v })
 }
 
-/// Formats an INCRBYFLOAT result as Redis's `%.17Lf` with trailing zeros removed.
-fn format_incr_float(v: f64) -> String {
-    let s = format_float(v);
-    let decimals = s.split_once('.').map_or(0, |(_, d)| d.len());
-    if decimals <= 17 {
-        return s;
-    }
-    let fixed = format!("{v:.17}");
-    let trimmed = fixed.trim_end_matches('0').trim_end_matches('.');
-    if trimmed == "-0" {
-        "0".to_string()
-    } else {
-        trimmed.to_string()
-    }
-}
-
 fn incrbyfloat(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
     let key = &args[1];
     let current = match ctx.db.get_quiet(key) {
-        None => 0.0,
+        None => LongDouble::Finite(Ld::ZERO),
         Some(Entry { value: Value::Str(s), .. }) => match parse_long_double(s) {
             Some(v) => v,
             None => return err::not_float(),
@@ -403,11 +405,14 @@ fn incrbyfloat(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
     let Some(incr) = parse_long_double(&args[2]) else {
         return err::not_float();
     };
-    let new = current + incr;
-    if !new.is_finite() {
+    let sum = match (current, incr) {
+        (LongDouble::Finite(a), LongDouble::Finite(b)) => a.checked_add(b),
+        _ => None,
+    };
+    let Some(new) = sum else {
         return Reply::error("ERR increment would produce NaN or Infinity");
-    }
-    let text = format_incr_float(new);
+    };
+    let text = new.format_human();
     store_str(ctx.db, key, text.as_bytes().into());
     Reply::bulk_string(text)
 }
@@ -531,4 +536,369 @@ pub fn set_string(db: &mut Db<'_>, key: &[u8], value: &[u8], ttl: Ttl, current_t
         Ttl::At(at) => at,
     };
     db.set(key, Value::Str(value.into()), expire_at);
+}
+
+/// Redis's INCRBYFLOAT arithmetic: x87 80-bit `long double` (64-bit mantissa) emulated
+/// exactly, parsed as `strtold` and printed as `%.17Lf`, so the digits match Redis's.
+pub mod long_double {
+    use std::cmp::Ordering;
+
+    /// An unsigned big integer, little-endian 32-bit limbs, no trailing zero limbs.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    struct Big(Vec<u32>);
+
+    impl Big {
+        fn from_u128(mut v: u128) -> Big {
+            let mut l = Vec::new();
+            while v > 0 {
+                l.push(v as u32);
+                v >>= 32;
+            }
+            Big(l)
+        }
+        fn is_zero(&self) -> bool {
+            self.0.is_empty()
+        }
+        fn trim(mut self) -> Big {
+            while self.0.last() == Some(&0) {
+                self.0.pop();
+            }
+            self
+        }
+        fn bits(&self) -> u64 {
+            match self.0.last() {
+                None => 0,
+                Some(top) => (self.0.len() as u64 - 1) * 32 + (32 - top.leading_zeros() as u64),
+            }
+        }
+        fn bit(&self, i: u64) -> bool {
+            let limb = (i / 32) as usize;
+            limb < self.0.len() && (self.0[limb] >> (i % 32)) & 1 == 1
+        }
+        /// Whether any bit below `i` is set.
+        fn any_below(&self, i: u64) -> bool {
+            let full = ((i / 32) as usize).min(self.0.len());
+            self.0[..full].iter().any(|&l| l != 0)
+                || (full < self.0.len()
+                    && !i.is_multiple_of(32)
+                    && self.0[full] & ((1u32 << (i % 32)) - 1) != 0)
+        }
+        fn mul_small_add(mut self, m: u32, a: u32) -> Big {
+            let mut carry = a as u64;
+            for l in self.0.iter_mut() {
+                let v = *l as u64 * m as u64 + carry;
+                *l = v as u32;
+                carry = v >> 32;
+            }
+            if carry > 0 {
+                self.0.push(carry as u32);
+            }
+            self.trim()
+        }
+        fn pow10(mut self, n: u64) -> Big {
+            for _ in 0..n / 9 {
+                self = self.mul_small_add(1_000_000_000, 0);
+            }
+            self.mul_small_add(10u32.pow((n % 9) as u32), 0)
+        }
+        fn shl(&self, n: u64) -> Big {
+            if self.is_zero() {
+                return self.clone();
+            }
+            let (limbs, bits) = ((n / 32) as usize, (n % 32) as u32);
+            let mut out = vec![0u32; limbs];
+            let mut carry = 0u32;
+            for &l in &self.0 {
+                out.push((l << bits) | carry);
+                carry = if bits == 0 { 0 } else { l >> (32 - bits) };
+            }
+            out.push(carry);
+            Big(out).trim()
+        }
+        fn shr(&self, n: u64) -> Big {
+            let (limbs, bits) = ((n / 32) as usize, (n % 32) as u32);
+            if limbs >= self.0.len() {
+                return Big(Vec::new());
+            }
+            let src = &self.0[limbs..];
+            let out = (0..src.len())
+                .map(|i| {
+                    let hi = if bits == 0 { 0 } else { src.get(i + 1).map_or(0, |h| h << (32 - bits)) };
+                    (src[i] >> bits) | hi
+                })
+                .collect();
+            Big(out).trim()
+        }
+        fn cmp(&self, o: &Big) -> Ordering {
+            self.0.len().cmp(&o.0.len()).then_with(|| self.0.iter().rev().cmp(o.0.iter().rev()))
+        }
+        fn add(&self, o: &Big) -> Big {
+            let mut out = Vec::with_capacity(self.0.len().max(o.0.len()) + 1);
+            let mut carry = 0u64;
+            for i in 0..self.0.len().max(o.0.len()) {
+                let v = *self.0.get(i).unwrap_or(&0) as u64 + *o.0.get(i).unwrap_or(&0) as u64 + carry;
+                out.push(v as u32);
+                carry = v >> 32;
+            }
+            out.push(carry as u32);
+            Big(out).trim()
+        }
+        /// `self - o`, with `self >= o`.
+        fn sub(&self, o: &Big) -> Big {
+            let mut out = Vec::with_capacity(self.0.len());
+            let mut borrow = 0i64;
+            for i in 0..self.0.len() {
+                let mut v = self.0[i] as i64 - *o.0.get(i).unwrap_or(&0) as i64 - borrow;
+                borrow = (v < 0) as i64;
+                if v < 0 {
+                    v += 1 << 32;
+                }
+                out.push(v as u32);
+            }
+            Big(out).trim()
+        }
+        /// Quotient (which must fit in 128 bits) and whether a remainder is left.
+        fn div(&self, d: &Big) -> (u128, bool) {
+            let mut rem = self.clone();
+            let mut q = 0u128;
+            let top = self.bits() as i64 - d.bits() as i64;
+            for k in (0..=top.max(-1)).rev() {
+                let shifted = d.shl(k as u64);
+                if rem.cmp(&shifted) != Ordering::Less {
+                    rem = rem.sub(&shifted);
+                    q |= 1 << k;
+                }
+            }
+            (q, !rem.is_zero())
+        }
+        /// Divides by a small number, returning the remainder.
+        fn div_small(&mut self, d: u32) -> u32 {
+            let mut rem = 0u64;
+            for l in self.0.iter_mut().rev() {
+                let v = (rem << 32) | *l as u64;
+                *l = (v / d as u64) as u32;
+                rem = v % d as u64;
+            }
+            *self = std::mem::take(self).trim();
+            rem as u32
+        }
+        fn to_decimal(&self) -> String {
+            let mut n = self.clone();
+            let mut chunks = Vec::new();
+            while !n.is_zero() {
+                chunks.push(n.div_small(1_000_000_000));
+            }
+            let mut s = chunks.pop().map_or("0".to_string(), |c| c.to_string());
+            for c in chunks.iter().rev() {
+                s.push_str(&format!("{c:09}"));
+            }
+            s
+        }
+    }
+
+    /// Largest binary exponent (of the top mantissa bit) a long double holds.
+    const MAX_EXP: i64 = 16383;
+    /// Smallest normal one; smaller values are flushed to zero.
+    const MIN_EXP: i64 = -16382;
+
+    /// A finite long double: `(-1)^neg * m * 2^e`, `m` with its top bit set (or zero).
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub struct Ld {
+        neg: bool,
+        m: u64,
+        e: i64,
+    }
+
+    impl Ld {
+        /// Zero.
+        pub const ZERO: Ld = Ld { neg: false, m: 0, e: 0 };
+
+        /// Rounds `n * 2^e` (plus a sticky bit below it) to 64 bits, half to even. None on
+        /// overflow.
+        fn round(neg: bool, n: &Big, e: i64, sticky: bool) -> Option<Ld> {
+            let bits = n.bits();
+            if bits == 0 {
+                return Some(Ld { neg, ..Ld::ZERO });
+            }
+            let (mut m, mut e) = if bits <= 64 {
+                let v = n.0.iter().rev().fold(0u64, |a, &l| (a << 32) | l as u64);
+                (v << (64 - bits), e - (64 - bits) as i64)
+            } else {
+                let drop = bits - 64;
+                let v = n.shr(drop).0.iter().rev().fold(0u64, |a, &l| (a << 32) | l as u64);
+                let half = n.bit(drop - 1);
+                let rest = sticky || n.any_below(drop - 1);
+                let mut v = v as u128;
+                if half && (rest || v & 1 == 1) {
+                    v += 1;
+                }
+                if v == 1 << 64 {
+                    (1u64 << 63, e + drop as i64 + 1)
+                } else {
+                    (v as u64, e + drop as i64)
+                }
+            };
+            if e + 63 > MAX_EXP {
+                return None;
+            }
+            if e + 63 < MIN_EXP {
+                (m, e) = (0, 0);
+            }
+            Some(Ld { neg, m, e })
+        }
+
+        /// From an f64 (exact).
+        pub fn from_f64(v: f64) -> Ld {
+            if v == 0.0 {
+                return Ld::ZERO;
+            }
+            let bits = v.to_bits();
+            let exp = ((bits >> 52) & 0x7ff) as i64;
+            let frac = bits & ((1 << 52) - 1);
+            let (mant, e) = if exp == 0 { (frac, -1074) } else { (frac | 1 << 52, exp - 1075) };
+            Ld::round(v < 0.0, &Big::from_u128(mant as u128), e, false).unwrap_or(Ld::ZERO)
+        }
+
+        /// Parses a plain decimal (`[+-]digits[.digits][e[+-]digits]`) as `strtold`
+        /// rounds it. None when it is not one, or overflows.
+        pub fn parse_decimal(s: &[u8]) -> Option<Ld> {
+            let (neg, mut rest) = match s.first()? {
+                b'-' => (true, &s[1..]),
+                b'+' => (false, &s[1..]),
+                _ => (false, s),
+            };
+            let mut digits = Big(Vec::new());
+            let (mut n_digits, mut scale) = (0u64, 0i64);
+            let mut seen_dot = false;
+            while let Some(&c) = rest.first() {
+                if c.is_ascii_digit() {
+                    digits = digits.mul_small_add(10, (c - b'0') as u32);
+                    n_digits += 1;
+                    scale -= seen_dot as i64;
+                } else if c == b'.' && !seen_dot {
+                    seen_dot = true;
+                } else {
+                    break;
+                }
+                rest = &rest[1..];
+            }
+            if n_digits == 0 {
+                return None;
+            }
+            if let Some(exp) = rest.strip_prefix(b"e").or_else(|| rest.strip_prefix(b"E")) {
+                let exp = std::str::from_utf8(exp).ok()?;
+                let body = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+                if body.is_empty() || !body.bytes().all(|c| c.is_ascii_digit()) {
+                    return None;
+                }
+                let v: i64 = body.parse().unwrap_or(i64::MAX / 4).min(100_000);
+                scale += if exp.starts_with('-') { -v } else { v };
+            } else if !rest.is_empty() {
+                return None;
+            }
+            if digits.is_zero() {
+                return Some(Ld { neg, ..Ld::ZERO });
+            }
+            if scale > 6000 {
+                return None;
+            }
+            if scale < -6000 - n_digits as i64 {
+                return Some(Ld { neg, ..Ld::ZERO });
+            }
+            if scale >= 0 {
+                return Ld::round(neg, &digits.pow10(scale as u64), 0, false);
+            }
+            // digits / 10^-scale: a quotient of 66+ bits, then rounding.
+            let den = Big::from_u128(1).pow10((-scale) as u64);
+            let s = 66 + den.bits() as i64 - digits.bits() as i64;
+            let (num, den) =
+                if s >= 0 { (digits.shl(s as u64), den) } else { (digits, den.shl((-s) as u64)) };
+            let (q, rem) = num.div(&den);
+            Ld::round(neg, &Big::from_u128(q), -s, rem)
+        }
+
+        /// The sum, rounded to a long double; None on overflow.
+        pub fn checked_add(self, o: Ld) -> Option<Ld> {
+            if self.m == 0 {
+                return Some(o);
+            }
+            if o.m == 0 {
+                return Some(self);
+            }
+            // Normalised mantissas: (e, m) orders by magnitude. A far smaller term cannot
+            // move the rounded result.
+            let (hi, lo) = if (self.e, self.m) >= (o.e, o.m) { (self, o) } else { (o, self) };
+            if hi.e - lo.e > 130 {
+                return Some(hi);
+            }
+            let emin = hi.e.min(lo.e);
+            let a = Big::from_u128(hi.m as u128).shl((hi.e - emin) as u64);
+            let b = Big::from_u128(lo.m as u128).shl((lo.e - emin) as u64);
+            if hi.neg == lo.neg {
+                return Ld::round(hi.neg, &a.add(&b), emin, false);
+            }
+            match a.cmp(&b) {
+                Ordering::Equal => Some(Ld::ZERO),
+                Ordering::Greater => Ld::round(hi.neg, &a.sub(&b), emin, false),
+                Ordering::Less => Ld::round(lo.neg, &b.sub(&a), emin, false),
+            }
+        }
+
+        /// `%.17Lf` with trailing zeros (and a trailing dot) removed, `-0` as `0`.
+        pub fn format_human(self) -> String {
+            let m = Big::from_u128(self.m as u128);
+            let text = if self.e >= 0 {
+                m.shl(self.e as u64).to_decimal()
+            } else {
+                let shift = (-self.e) as u64;
+                let x = m.pow10(17);
+                let mut q = x.shr(shift);
+                if shift >= 1 && x.bit(shift - 1) && (x.any_below(shift - 1) || q.bit(0)) {
+                    q = q.add(&Big::from_u128(1));
+                }
+                let digits = q.to_decimal();
+                let digits = format!("{digits:0>18}");
+                let (int, frac) = digits.split_at(digits.len() - 17);
+                let frac = frac.trim_end_matches('0');
+                if frac.is_empty() {
+                    int.to_string()
+                } else {
+                    format!("{int}.{frac}")
+                }
+            };
+            if self.neg && text != "0" {
+                format!("-{text}")
+            } else {
+                text
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::Ld;
+
+        fn sum(a: &str, b: &str) -> String {
+            let a = Ld::parse_decimal(a.as_bytes()).unwrap();
+            let b = Ld::parse_decimal(b.as_bytes()).unwrap();
+            a.checked_add(b).unwrap().format_human()
+        }
+
+        #[test]
+        fn sums_print_as_redis_long_double() {
+            assert_eq!(sum("1000", "0.1"), "1000.09999999999999998");
+            assert_eq!(sum("100", "0.1"), "100.1");
+            assert_eq!(sum("12345.678", "0.001"), "12345.67900000000000027");
+            assert_eq!(sum("0.2", "0.1"), "0.3");
+            assert_eq!(sum("3.3", "1.1"), "4.4");
+            assert_eq!(sum("1e15", "0.3"), "1000000000000000.29998779296875");
+            assert_eq!(sum("123456789.123", "1"), "123456790.12299999999959255");
+            assert_eq!(sum("99.99", "0.01"), "100");
+            assert_eq!(sum("5200", "1e20"), "100000000000000005200");
+            assert_eq!(sum("0.3", "1e-20"), "0.3");
+            assert_eq!(sum("10", "-10.00000000000000000001"), "0");
+            assert_eq!(sum("1", "-1"), "0");
+            assert_eq!(sum("-1.5", "0"), "-1.5");
+        }
+    }
 }
