@@ -254,6 +254,7 @@ fn incrbyfloat_matches_redis() {
             &["INCRBYFLOAT", "$huge", "1e400"],
             &["INCRBYFLOAT", "$huge", "-1e400"],
             &["INCRBYFLOAT", "$huge", "1e5000"],
+            &["INCRBYFLOAT", "$huge", "1e-5000"],
             &["INCRBYFLOAT", "$huge", "-0x1.8p3"],
             &["SET", "$x", "1000"],
             &["INCRBYFLOAT", "$x", "0.1"],

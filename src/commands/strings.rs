@@ -803,7 +803,7 @@ pub mod long_double {
                 return None;
             }
             if scale < -6000 - n_digits as i64 {
-                return Some(Ld { neg, ..Ld::ZERO });
+                return None;
             }
             if scale >= 0 {
                 return Ld::round(neg, &digits.pow10(scale as u64), 0, false);
@@ -814,7 +814,8 @@ pub mod long_double {
             let (num, den) =
                 if s >= 0 { (digits.shl(s as u64), den) } else { (digits, den.shl((-s) as u64)) };
             let (q, rem) = num.div(&den);
-            Ld::round(neg, &Big::from_u128(q), -s, rem)
+            // Like strtold's ERANGE: an underflow to zero is refused.
+            Ld::round(neg, &Big::from_u128(q), -s, rem).filter(|v| v.m != 0)
         }
 
         /// The sum, rounded to a long double; None on overflow.
@@ -899,6 +900,18 @@ pub mod long_double {
             assert_eq!(sum("10", "-10.00000000000000000001"), "0");
             assert_eq!(sum("1", "-1"), "0");
             assert_eq!(sum("-1.5", "0"), "-1.5");
+            assert_eq!(sum("1e400", "0").len(), 401);
+        }
+
+        #[test]
+        fn out_of_range_and_malformed_inputs_are_refused() {
+            for bad in
+                ["1e5000", "1e-5000", "1e99999999999", "", ".", "1e", "1e+", "--1", "1.2.3", "0x10", "inf"]
+            {
+                assert!(Ld::parse_decimal(bad.as_bytes()).is_none(), "{bad}");
+            }
+            assert_eq!(Ld::parse_decimal(b"-0.0").unwrap().format_human(), "0");
+            assert_eq!(Ld::from_f64(-24.0).format_human(), "-24");
         }
     }
 }
