@@ -336,15 +336,17 @@ fn decrby(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
     }
 }
 
-/// A float operand of INCRBYFLOAT as `strtold` reads it (Redis's `string2ld`).
-enum LongDouble {
+/// A float operand of INCRBYFLOAT and HINCRBYFLOAT as `strtold` reads it (Redis's `string2ld`).
+pub enum LongDouble {
+    /// A finite value.
     Finite(Ld),
+    /// `inf` or `-inf`.
     Infinite,
 }
 
 /// Parses like `string2ld`: no leading space, at most 5 KB, decimal, hexadecimal or `inf`;
 /// NaN and overflow are refused.
-fn parse_long_double(b: &[u8]) -> Option<LongDouble> {
+pub fn parse_long_double(b: &[u8]) -> Option<LongDouble> {
     if b.is_empty() || b.len() >= 5 * 1024 || b[0].is_ascii_whitespace() {
         return None;
     }
