@@ -222,6 +222,8 @@ pub struct Keyspace {
     pub stats: KeyspaceStats,
     /// Run-time settings.
     pub settings: KeyspaceSettings,
+    listeners: parking_lot::RwLock<Vec<Arc<dyn ChangeListener>>>,
+    has_listeners: AtomicBool,
 }
 
 impl Keyspace {
@@ -249,7 +251,15 @@ impl Keyspace {
             key_count: AtomicI64::new(0),
             stats: KeyspaceStats::default(),
             settings: KeyspaceSettings::default(),
+            listeners: Default::default(),
+            has_listeners: AtomicBool::new(false),
         }
+    }
+
+    /// Adds a listener that hears of every later change.
+    pub fn add_listener(&self, listener: Arc<dyn ChangeListener>) {
+        self.listeners.write().push(listener);
+        self.has_listeners.store(true, Ordering::Release);
     }
 
     fn shard_of_slot(&self, slot: usize) -> usize {
@@ -476,6 +486,44 @@ enum Removal {
     Command,
     Expired,
     Evicted,
+    /// Removed to be replaced at once (SET): the write signals, the removal does not.
+    Replaced,
+}
+
+/// Why a key changed, as [`ChangeListener`]s are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeCause {
+    /// A command wrote or deleted it.
+    Command,
+    /// Its TTL passed.
+    Expired,
+    /// maxmemory evicted it.
+    Evicted,
+}
+
+/// One change to one key: produced once by the keyspace, under the key's shard lock (so
+/// listeners see each key's changes in order), and fed to replication, write-behind and
+/// client-side caching invalidation alike.
+pub struct Change<'e> {
+    /// The key.
+    pub key: &'e [u8],
+    /// Its hash slot.
+    pub slot: u16,
+    /// The key's state after the change; `None` when it no longer exists.
+    pub entry: Option<&'e Entry>,
+    /// What caused it.
+    pub cause: ChangeCause,
+    /// When (unix ms, the command's time).
+    pub now_ms: u64,
+}
+
+/// Something that must hear of every change to the keyspace. Called with a shard lock held:
+/// implementations only record or enqueue, and never call back into the keyspace.
+pub trait ChangeListener: Send + Sync {
+    /// A key was written or removed.
+    fn changed(&self, change: &Change<'_>);
+    /// Every key was removed (FLUSHALL / FLUSHDB).
+    fn flushed(&self, now_ms: u64);
 }
 
 impl<'a> Db<'a> {
@@ -603,7 +651,7 @@ impl<'a> Db<'a> {
     /// Stores `value` under `key` with expiry `expire_at` (unix ms, 0 for none), replacing
     /// any previous value. Returns the previous value if it was live.
     pub fn set(&mut self, key: &[u8], value: Value, expire_at: u64) -> Option<Value> {
-        let old = self.remove_with(key, Removal::Command).map(|e| e.value);
+        let old = self.remove_with(key, Removal::Replaced).map(|e| e.value);
         let access = self.fresh_access();
         let mut entry = Entry { key: key.into(), value, expire_at, access, mem: 0 };
         entry.mem = entry.footprint() as u32;
@@ -697,16 +745,21 @@ impl<'a> Db<'a> {
         match why {
             Removal::Expired => ks.stats.expired_keys.fetch_add(1, Ordering::Relaxed),
             Removal::Evicted => ks.stats.evicted_keys.fetch_add(1, Ordering::Relaxed),
-            Removal::Command => 0,
+            Removal::Command | Removal::Replaced => 0,
         };
-        self.signal(key, why);
+        if why != Removal::Replaced {
+            self.signal(key, why);
+        }
         Some(entry)
     }
 
-    /// Tells WATCHers of `key` that it changed.
+    /// Tells WATCHers and change listeners that `key` changed.
     fn signal(&mut self, key: &[u8], why: Removal) {
         if why == Removal::Command {
             self.ks.stats.dirty.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.ks.has_listeners.load(Ordering::Acquire) {
+            self.notify_listeners(key, why);
         }
         let (slot, _) = self.loc(key);
         let shard = self.shard(slot);
@@ -721,6 +774,23 @@ impl<'a> Db<'a> {
                     w.flag.store(true, Ordering::Release);
                 }
             }
+        }
+    }
+
+    fn notify_listeners(&mut self, key: &[u8], why: Removal) {
+        let ks = self.ks;
+        let now_ms = self.now;
+        let (hash, shard, local) = self.locate(key);
+        let slot = (shard.first_slot + local) as u16;
+        let entry = shard.slots[local].table.find(hash, |e| &*e.key == key).map(|e| &**e);
+        let cause = match why {
+            Removal::Expired => ChangeCause::Expired,
+            Removal::Evicted => ChangeCause::Evicted,
+            Removal::Command | Removal::Replaced => ChangeCause::Command,
+        };
+        let change = Change { key, slot, entry, cause, now_ms };
+        for l in ks.listeners.read().iter() {
+            l.changed(&change);
         }
     }
 
@@ -783,6 +853,9 @@ impl<'a> Db<'a> {
         ks.key_count.store(0, Ordering::Relaxed);
         ks.dataset_bytes.store(0, Ordering::Relaxed);
         ks.stats.dirty.fetch_add(removed as u64, Ordering::Relaxed);
+        for l in ks.listeners.read().iter() {
+            l.flushed(self.now);
+        }
         removed
     }
 
@@ -907,5 +980,53 @@ impl<'a> Db<'a> {
     pub fn volatile_count(&self) -> usize {
         self.require_all();
         self.locked.iter().map(|(_, s)| s.volatile).sum()
+    }
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(Vec<u8>, Option<Vec<u8>>, ChangeCause)>>);
+
+    impl ChangeListener for Recorder {
+        fn changed(&self, c: &Change<'_>) {
+            let value = c.entry.map(|e| match &e.value {
+                Value::Str(s) => s.to_vec(),
+                Value::Hash(_) => b"<hash>".to_vec(),
+            });
+            self.0.lock().push((c.key.to_vec(), value, c.cause));
+        }
+        fn flushed(&self, _: u64) {
+            self.0.lock().push((b"*".to_vec(), None, ChangeCause::Command));
+        }
+    }
+
+    #[test]
+    fn every_write_produces_exactly_one_change_record() {
+        let ks = Keyspace::new(4);
+        let rec = Arc::new(Recorder::default());
+        ks.add_listener(rec.clone());
+        let now = clock::now_ms();
+        {
+            let mut db = ks.lock_keys([b"k"], now);
+            db.set(b"k", Value::Str(b"1".as_slice().into()), 0);
+            db.set(b"k", Value::Str(b"2".as_slice().into()), 0);
+            db.set_expire(b"k", Some(now - 1));
+            assert!(db.get(b"k").is_none());
+        }
+        ks.lock_all(now).flush();
+        let got = rec.0.lock().clone();
+        assert_eq!(
+            got,
+            vec![
+                (b"k".to_vec(), Some(b"1".to_vec()), ChangeCause::Command),
+                (b"k".to_vec(), Some(b"2".to_vec()), ChangeCause::Command),
+                (b"k".to_vec(), Some(b"2".to_vec()), ChangeCause::Command),
+                (b"k".to_vec(), None, ChangeCause::Expired),
+                (b"*".to_vec(), None, ChangeCause::Command),
+            ]
+        );
     }
 }
