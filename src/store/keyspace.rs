@@ -987,8 +987,11 @@ impl<'a> Db<'a> {
 mod change_tests {
     use super::*;
 
+    /// (key, value after the change, cause)
+    type Record = (Vec<u8>, Option<Vec<u8>>, ChangeCause);
+
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(Vec<u8>, Option<Vec<u8>>, ChangeCause)>>);
+    struct Recorder(Mutex<Vec<Record>>);
 
     impl ChangeListener for Recorder {
         fn changed(&self, c: &Change<'_>) {
