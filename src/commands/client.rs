@@ -130,7 +130,7 @@ fn list(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
 }
 
 fn info(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
-    lines(&[ctx.client.info.clone()])
+    lines(std::slice::from_ref(&ctx.client.info))
 }
 
 /// Filters of the new CLIENT KILL form.

@@ -198,7 +198,7 @@ fn list(_: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
                 Box::new(|_| false)
             } else if is(&args[3], "ACLCAT") {
                 Box::new(move |s| {
-                    acl_categories(s).iter().any(|c| c[1..].as_bytes().eq_ignore_ascii_case(&value))
+                    acl_categories(s).iter().any(|c| c.as_bytes()[1..].eq_ignore_ascii_case(&value))
                 })
             } else if is(&args[3], "PATTERN") {
                 Box::new(move |s| glob_match(&value, s.name.as_bytes(), true))
