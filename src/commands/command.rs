@@ -21,7 +21,7 @@ static SUBCOMMANDS: &[CommandSpec] = &[
     cmd("command|info", -2, &["loading", "stale"], Keys::None, "server", "2.8.13", "Returns information about one, multiple or all commands.", info),
     cmd("command|docs", -2, &["loading", "stale"], Keys::None, "server", "7.0.0", "Returns documentary information about one, multiple or all commands.", docs),
     cmd("command|list", -2, &["loading", "stale"], Keys::None, "server", "7.0.0", "Returns a list of command names.", list),
-    cmd("command|getkeys", -3, &["loading", "stale"], Keys::None, "server", "2.8.13", "Extracts the key names from an arbitrary command.", getkeys),
+    cmd("command|getkeys", -4, &["loading", "stale"], Keys::None, "server", "2.8.13", "Extracts the key names from an arbitrary command.", getkeys),
     cmd("command|help", 2, &["loading", "stale"], Keys::None, "server", "5.0.0", "Returns helpful text about the different subcommands.", help),
 ];
 

@@ -208,6 +208,11 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
     use redis_protocol::resp3::decode::complete::decode;
     match decode(buf) {
         Ok(Some((_, n))) => Some(n),
+        // The RESP3 decoder rejects RESP2 nils (`$-1`, `*-1`): fall back to RESP2.
+        Err(_) => match redis_protocol::resp2::decode::decode(buf) {
+            Ok(Some((_, n))) => Some(n),
+            _ => None,
+        },
         _ => None,
     }
 }
