@@ -206,6 +206,7 @@ fn hex(b: u8) -> Option<u8> {
 /// `\n`, `\x41`) and 'single' quotes. None when quotes are unbalanced.
 pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
     // sdssplitargs works on a C string: a NUL ends the line (and once looped forever here).
+    // Redis itself never finds the newline past a NUL (strchr) and waits for more input.
     let line = &line[..memchr(0, line).unwrap_or(line.len())];
     let mut out = Vec::new();
     let mut i = 0;
