@@ -342,6 +342,9 @@ fn command_info_of_get_is_exactly_redis_s() {
     d.check_str(&["COMMAND", "INFO", "get"]);
     d.check_str(&["COMMAND", "INFO", "GET", "nosuchcommand"]);
     d.check_str(&["COMMAND", "INFO", "client|id"]);
+    // RESP3 uses sets and maps inside the entry.
+    d.both(&[b"HELLO", b"3"]);
+    d.check_str(&["COMMAND", "INFO", "get", "client|id", "nosuch"]);
 }
 
 #[test]

@@ -89,34 +89,30 @@ fn legacy_keys(spec: &CommandSpec) -> (i64, i64, i64) {
     }
 }
 
-fn bulk_pair(k: &'static str, v: Reply) -> [Reply; 2] {
-    [Reply::bulk_static(k), v]
+fn pair(k: &'static str, v: Reply) -> (Reply, Reply) {
+    (Reply::bulk_static(k), v)
 }
 
-/// A Redis 7 key spec for a range of keys.
+/// A Redis 7 key spec for a range of keys (maps and sets, as Redis's RESP3 reply).
 fn key_specs(spec: &CommandSpec) -> Vec<Reply> {
     let Keys::Range { first, last, step } = spec.keys else { return vec![] };
     let access = if spec.is_write() { ["RW", "update"] } else { ["RO", "access"] };
     let lastkey = if last < 0 { last } else { last - first };
-    let mut out = Vec::new();
-    out.extend(bulk_pair("flags", Reply::Array(access.iter().map(|f| Reply::simple(*f)).collect())));
-    let begin = [bulk_pair("type", Reply::bulk_static("index")), bulk_pair("spec", index_spec(first as i64))];
-    out.extend(bulk_pair("begin_search", Reply::Array(begin.into_iter().flatten().collect())));
-    let range = [
-        bulk_pair("lastkey", Reply::Int(lastkey as i64)),
-        bulk_pair("keystep", Reply::Int(step as i64)),
-        bulk_pair("limit", Reply::Int(0)),
-    ];
-    let find = [
-        bulk_pair("type", Reply::bulk_static("range")),
-        bulk_pair("spec", Reply::Array(range.into_iter().flatten().collect())),
-    ];
-    out.extend(bulk_pair("find_keys", Reply::Array(find.into_iter().flatten().collect())));
-    vec![Reply::Array(out)]
-}
-
-fn index_spec(index: i64) -> Reply {
-    Reply::Array(bulk_pair("index", Reply::Int(index)).into())
+    let begin = Reply::Map(vec![
+        pair("type", Reply::bulk_static("index")),
+        pair("spec", Reply::Map(vec![pair("index", Reply::Int(first as i64))])),
+    ]);
+    let range = Reply::Map(vec![
+        pair("lastkey", Reply::Int(lastkey as i64)),
+        pair("keystep", Reply::Int(step as i64)),
+        pair("limit", Reply::Int(0)),
+    ]);
+    let find = Reply::Map(vec![pair("type", Reply::bulk_static("range")), pair("spec", range)]);
+    vec![Reply::Map(vec![
+        pair("flags", Reply::Set(access.iter().map(|f| Reply::simple(*f)).collect())),
+        pair("begin_search", begin),
+        pair("find_keys", find),
+    ])]
 }
 
 /// One COMMAND INFO entry.
@@ -131,8 +127,8 @@ fn info_entry(spec: &CommandSpec) -> Reply {
         Reply::Int(step),
         Reply::Set(acl_categories(spec).into_iter().map(Reply::simple).collect()),
         Reply::Set(vec![]),
-        Reply::Array(key_specs(spec)),
-        Reply::Array(spec.subcommands.iter().map(info_entry).collect()),
+        Reply::Set(key_specs(spec)),
+        Reply::Set(spec.subcommands.iter().map(info_entry).collect()),
     ])
 }
 
