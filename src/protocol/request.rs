@@ -219,6 +219,9 @@ fn hex(b: u8) -> Option<u8> {
 /// Redis's `sdssplitargs`: words separated by spaces, with "double" quotes (and escapes such as
 /// `\n`, `\x41`) and 'single' quotes. None when quotes are unbalanced.
 pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    // sdssplitargs works on a C string: a NUL ends the line (and once looped forever here).
+    // Redis itself never finds the newline past a NUL (strchr) and waits for more input.
+    let line = &line[..memchr(0, line).unwrap_or(line.len())];
     let mut out = Vec::new();
     let mut i = 0;
     loop {
@@ -351,6 +354,12 @@ mod tests {
         assert_eq!(err(&mut RequestParser::new(), b"*x\r\n"), "invalid multibulk length");
         let big = vec![b'a'; INLINE_MAX + 1];
         assert_eq!(err(&mut RequestParser::new(), &big), "too big inline request");
+    }
+
+    #[test]
+    fn a_nul_byte_ends_an_inline_command() {
+        assert_eq!(parse_all(b"GET a\0b c\r\n").unwrap(), vec![vec![b"GET".to_vec(), b"a".to_vec()]]);
+        assert_eq!(parse_all(b"\0\r\nPING\r\n").unwrap(), vec![vec![b"PING".to_vec()]]);
     }
 
     #[test]

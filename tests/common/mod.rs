@@ -203,17 +203,36 @@ pub fn encode(args: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// Length of the first complete RESP2/RESP3 frame in `buf`.
+/// Length of the first complete RESP2/RESP3 frame in `buf`. Scanned by hand: the
+/// `redis-protocol` decoders reject RESP2 nils in RESP3 mode and maps inside sets.
 pub fn frame_len(buf: &[u8]) -> Option<usize> {
-    // RESP2's decoder knows `$-1`/`*-1`; RESP3's knows maps, sets, doubles... A RESP2 error on
-    // a complete buffer means a RESP3 frame.
-    match redis_protocol::resp2::decode::decode(buf) {
-        Ok(Some((_, n))) => Some(n),
-        Ok(None) => None,
-        Err(_) => match redis_protocol::resp3::decode::complete::decode(buf) {
-            Ok(Some((_, n))) => Some(n),
-            _ => None,
+    frame_end(buf, 0)
+}
+
+fn frame_end(buf: &[u8], pos: usize) -> Option<usize> {
+    let kind = *buf.get(pos)?;
+    let nl = pos + buf[pos..].windows(2).position(|w| w == b"\r\n")?;
+    let next = nl + 2;
+    let n = || std::str::from_utf8(&buf[pos + 1..nl]).ok()?.parse::<i64>().ok();
+    match kind {
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Some(next),
+        b'$' | b'=' | b'!' => match n()? {
+            len if len < 0 => Some(next),
+            len => {
+                let end = next + len as usize + 2;
+                (end <= buf.len()).then_some(end)
+            }
         },
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            let count = n()?;
+            let items = if matches!(kind, b'%' | b'|') { count * 2 } else { count };
+            let mut at = next;
+            for _ in 0..items.max(0) {
+                at = frame_end(buf, at)?;
+            }
+            Some(at)
+        }
+        _ => None,
     }
 }
 
