@@ -486,8 +486,6 @@ enum Removal {
     Command,
     Expired,
     Evicted,
-    /// Removed to be replaced at once (SET): the write signals, the removal does not.
-    Replaced,
 }
 
 /// Why a key changed, as [`ChangeListener`]s are told.
@@ -648,10 +646,50 @@ impl<'a> Db<'a> {
         }
     }
 
+    /// Replaces the value of a live `key` in place; gives `value` back when the key is
+    /// missing or expired.
+    fn overwrite(&mut self, key: &[u8], value: Value, expire_at: u64) -> Result<Option<Value>, Value> {
+        let ks = self.ks;
+        let now = self.now;
+        let access = self.fresh_access();
+        let (hash, shard, local) = self.locate(key);
+        let table = &mut shard.slots[local];
+        if let Some(e) = table.table.find_mut(hash, |e| &*e.key == key) {
+            if !e.is_expired(now) {
+                // Overwrite in place: the key and its entry keep their allocations.
+                match (e.expire_at != 0, expire_at != 0) {
+                    (false, true) => {
+                        table.volatile += 1;
+                        shard.volatile += 1;
+                    }
+                    (true, false) => {
+                        table.volatile -= 1;
+                        shard.volatile -= 1;
+                    }
+                    _ => {}
+                }
+                let old = std::mem::replace(&mut e.value, value);
+                e.expire_at = expire_at;
+                e.access = access;
+                let mem = e.footprint() as u32;
+                ks.dataset_bytes.fetch_add(mem as i64 - e.mem as i64, Ordering::Relaxed);
+                e.mem = mem;
+                self.signal(key, Removal::Command);
+                return Ok(Some(old));
+            }
+        }
+        Err(value)
+    }
+
     /// Stores `value` under `key` with expiry `expire_at` (unix ms, 0 for none), replacing
     /// any previous value. Returns the previous value if it was live.
     pub fn set(&mut self, key: &[u8], value: Value, expire_at: u64) -> Option<Value> {
-        let old = self.remove_with(key, Removal::Replaced).map(|e| e.value);
+        let value = match self.overwrite(key, value, expire_at) {
+            Ok(old) => return old,
+            Err(value) => value,
+        };
+        // A key that expired is removed as expired first, as Redis's lookupKeyWrite does.
+        self.lookup(key, false);
         let access = self.fresh_access();
         let mut entry = Entry { key: key.into(), value, expire_at, access, mem: 0 };
         entry.mem = entry.footprint() as u32;
@@ -668,7 +706,7 @@ impl<'a> Db<'a> {
         ks.key_count.fetch_add(1, Ordering::Relaxed);
         ks.dataset_bytes.fetch_add(mem, Ordering::Relaxed);
         self.signal(key, Removal::Command);
-        old
+        None
     }
 
     /// Records that the value of `key` was changed in place through [`Db::get`]: memory
@@ -745,11 +783,9 @@ impl<'a> Db<'a> {
         match why {
             Removal::Expired => ks.stats.expired_keys.fetch_add(1, Ordering::Relaxed),
             Removal::Evicted => ks.stats.evicted_keys.fetch_add(1, Ordering::Relaxed),
-            Removal::Command | Removal::Replaced => 0,
+            Removal::Command => 0,
         };
-        if why != Removal::Replaced {
-            self.signal(key, why);
-        }
+        self.signal(key, why);
         Some(entry)
     }
 
@@ -786,7 +822,7 @@ impl<'a> Db<'a> {
         let cause = match why {
             Removal::Expired => ChangeCause::Expired,
             Removal::Evicted => ChangeCause::Evicted,
-            Removal::Command | Removal::Replaced => ChangeCause::Command,
+            Removal::Command => ChangeCause::Command,
         };
         let change = Change { key, slot, entry, cause, now_ms };
         for l in ks.listeners.read().iter() {
