@@ -64,7 +64,7 @@ impl Default for Config {
         Config {
             bind: "127.0.0.1".into(),
             port: 7379,
-            threads: 2,
+            threads: 1,
             shards: 64,
             maxclients: 10000,
             timeout: 0,
