@@ -38,6 +38,7 @@ pub fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, laddr: S
             debug!(client = id, error = %e, "connection closed with an error");
         }
         commands::transactions::unwatch_all(&server, &mut client);
+        server.tracking.disable(id);
         server.clients.unregister(id);
     });
 }
@@ -52,6 +53,11 @@ async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientS
         let read = tokio::select! {
             r = stream.read_buf(&mut input) => r?,
             _ = info.kill_signal.notified() => 0,
+            _ = info.pushes.wait() => {
+                info.pushes.drain_into(&mut output);
+                flush(server, &mut stream, &mut output).await?;
+                continue;
+            }
             _ = tokio::time::sleep(Duration::from_secs(idle)), if idle > 0 => {
                 debug!(client = info.id, "closing idle client");
                 0
@@ -92,6 +98,7 @@ async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientS
                 }
             }
         }
+        info.pushes.drain_into(&mut output);
         flush(server, &mut stream, &mut output).await?;
         if close || info.killed.load(Ordering::Acquire) {
             return Ok(());
