@@ -226,3 +226,22 @@ fn resp2_clients_without_redirect_get_no_pushes_and_disconnect_forgets() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+#[test]
+fn pushes_queued_before_a_command_are_written_before_its_reply() {
+    // What makes a PING a barrier for a near cache: once a write's reply is out, the next
+    // reply on a tracking connection follows the write's invalidation.
+    let node = TestNode::start();
+    let mut r = node.raw();
+    let mut w = node.raw();
+    hello3(&mut r);
+    r.cmd_str(&["CLIENT", "TRACKING", "on"]);
+    for i in 0..50 {
+        let key = format!("k{i}");
+        r.cmd_str(&["GET", &key]);
+        w.cmd_str(&["SET", &key, "v"]);
+        r.send(&common::encode(&[b"PING"]));
+        assert_eq!(next(&mut r), push_for(&key));
+        assert_eq!(next(&mut r), "+PONG\r\n");
+    }
+}

@@ -73,6 +73,9 @@ async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientS
         }
         let mut close = false;
         client.now_ms = crate::store::clock::now_ms();
+        // Pushes queued before these requests go out before their replies (a client's PING
+        // is then a barrier for invalidations).
+        info.pushes.drain_into(&mut output);
         loop {
             let limits = server.limits(client.authenticated);
             match parser.next(&mut input, &limits) {

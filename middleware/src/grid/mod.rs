@@ -55,18 +55,27 @@ pub struct GridConfig {
     pub near_cache: Option<NearCacheConfig>,
 }
 
-/// Size and lifetime of the near cache.
+/// Size, lifetime and consistency of the near cache.
 #[derive(Debug, Clone)]
 pub struct NearCacheConfig {
     /// Most entries kept.
     pub max_entries: u64,
     /// An entry is dropped after this long even without an invalidation (a safety net).
     pub ttl: Duration,
+    /// Whether a hit is confirmed by a PING on the tracking connection first (default true).
+    ///
+    /// Invalidations are pushed asynchronously: without the barrier, a read through this
+    /// instance right after a write through another may still see the old value for the
+    /// push's travel time. The grid writes every push queued for a connection before the
+    /// reply to any later command on it, so once the PING's reply is in, every write that
+    /// completed before the read started has invalidated this cache. A confirmed hit costs a
+    /// round trip but no HGETALL (no session payload on the wire, no work on the node).
+    pub confirm_hits: bool,
 }
 
 impl Default for NearCacheConfig {
     fn default() -> Self {
-        NearCacheConfig { max_entries: 100_000, ttl: Duration::from_secs(60) }
+        NearCacheConfig { max_entries: 100_000, ttl: Duration::from_secs(60), confirm_hits: true }
     }
 }
 

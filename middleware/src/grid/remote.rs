@@ -213,10 +213,17 @@ impl RemoteGrid {
         let Some(near) = &self.near else {
             return Ok(Arc::new(pairs(self.query(redis::cmd("HGETALL").arg(key)).await?)?));
         };
-        if let Some(hit) = near.get(key) {
-            return Ok(hit);
-        }
         let epoch = near.epoch();
+        if let Some(hit) = near.get(key) {
+            if !self.config.near_cache.as_ref().is_some_and(|c| c.confirm_hits) {
+                return Ok(hit);
+            }
+            // The barrier: pushes queued before it arrive before its reply.
+            self.query(&redis::cmd("PING")).await?;
+            if near.epoch() == epoch || near.get(key).is_some_and(|again| Arc::ptr_eq(&again, &hit)) {
+                return Ok(hit);
+            }
+        }
         let v = Arc::new(pairs(self.query(redis::cmd("HGETALL").arg(key)).await?)?);
         near.fill(key, epoch, v.clone());
         Ok(v)
