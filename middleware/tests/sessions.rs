@@ -173,7 +173,7 @@ macro_rules! suite {
     )*};
 }
 
-suite!(embedded => Backend::Embedded, node => Backend::Node, redis => Backend::Redis);
+suite!(embedded => Backend::Embedded, node => Backend::Node, redis => Backend::Redis, cluster => Backend::Cluster);
 
 #[allow(unused)]
 fn _uses(_: SessionConfig) {}

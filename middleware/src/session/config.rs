@@ -8,7 +8,8 @@ pub use cookie::{Key, SameSite};
 /// What the layer does when the grid cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnUnavailable {
-    /// Answer 503 Service Unavailable without calling the handler.
+    /// Answer 503 Service Unavailable: without calling the handler when the session cannot
+    /// be loaded; in place of the handler's response when it cannot be saved.
     Fail,
     /// Call the handler with an empty session whose [`is_available`] is false; nothing is
     /// saved for that request.

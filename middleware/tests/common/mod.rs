@@ -24,6 +24,8 @@ pub enum Backend {
     Embedded,
     Node,
     Redis,
+    /// Three redis-server processes forming a Redis Cluster, on free ports.
+    Cluster,
 }
 
 /// A started backend: the store, plus what keeps it alive and how to clean up.
@@ -33,6 +35,7 @@ pub struct Env {
     pub url: Option<String>,
     grid: Option<Grid>,
     node: Option<cachegrid::node::Node>,
+    cluster: Option<RedisCluster>,
 }
 
 pub fn unique(test: &str) -> String {
@@ -56,7 +59,7 @@ impl Env {
         match backend {
             Backend::Embedded => {
                 let grid = EmbeddedGrid::start_default().await.unwrap();
-                Some(Env { backend, prefix, url: None, grid: Some(grid), node: None })
+                Some(Env { backend, prefix, url: None, grid: Some(grid), node: None, cluster: None })
             }
             Backend::Node => {
                 let node = cachegrid::node::Node::start(cachegrid::config::Config {
@@ -67,7 +70,7 @@ impl Env {
                 .await
                 .unwrap();
                 let url = format!("redis://{}/", node.addr);
-                Some(Env { backend, prefix, url: Some(url), grid: None, node: Some(node) })
+                Some(Env { backend, prefix, url: Some(url), grid: None, node: Some(node), cluster: None })
             }
             Backend::Redis => {
                 if !redis_up() {
@@ -80,7 +83,13 @@ impl Env {
                     url: Some("redis://127.0.0.1:6379/".into()),
                     grid: None,
                     node: None,
+                    cluster: None,
                 })
+            }
+            Backend::Cluster => {
+                let cluster = RedisCluster::start()?;
+                let url = cluster.urls[0].clone();
+                Some(Env { backend, prefix, url: Some(url), grid: None, node: None, cluster: Some(cluster) })
             }
         }
     }
@@ -100,7 +109,10 @@ impl Env {
         match &self.grid {
             Some(grid) => routes(EmbeddedStore::with_grid(grid.clone(), &self.prefix), config),
             None => {
-                let mut gc = GridConfig::single(self.url.clone().unwrap());
+                let mut gc = match &self.cluster {
+                    Some(c) => GridConfig::cluster(c.urls.clone()),
+                    None => GridConfig::single(self.url.clone().unwrap()),
+                };
                 gc.near_cache = near;
                 routes(RemoteStore::with_grid(Grid::remote(gc).unwrap(), &self.prefix), config)
             }
@@ -116,6 +128,20 @@ impl Env {
     /// Number of grid keys under this test's prefix.
     pub async fn keys(&self) -> usize {
         let pattern = format!("{}*", self.prefix);
+        if let Some(c) = &self.cluster {
+            let mut n = 0;
+            for url in &c.urls {
+                let mut conn = redis::Client::open(url.as_str())
+                    .unwrap()
+                    .get_multiplexed_tokio_connection()
+                    .await
+                    .unwrap();
+                let keys: Vec<String> =
+                    redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.unwrap();
+                n += keys.len();
+            }
+            return n;
+        }
         match &self.grid {
             Some(g) => match g.query(redis::cmd("KEYS").arg(&pattern)).await.unwrap() {
                 redis::Value::Array(a) => a.len(),
@@ -254,4 +280,100 @@ pub async fn send(app: &Router, method: &str, path: &str, cookie: Option<&str>) 
     let set_cookie = res.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_string());
     let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     Res { status, body, set_cookie }
+}
+
+/// A throwaway Redis Cluster: three masters started from the redis-server binary on free
+/// ports, joined with `redis-cli --cluster create`; killed on drop.
+pub struct RedisCluster {
+    pub urls: Vec<String>,
+    children: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// None (skip) when redis-server or redis-cli is missing outside CI.
+    pub fn start() -> Option<RedisCluster> {
+        use std::process::{Command, Stdio};
+        let have = |b: &str| {
+            Command::new(b).arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+        };
+        if !have("redis-server") || !have("redis-cli") {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but redis-server/redis-cli are missing");
+            }
+            eprintln!("skipping: redis-server or redis-cli missing");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+            .collect();
+        let mut children = Vec::new();
+        for p in &ports {
+            let child = Command::new("redis-server")
+                .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+                .args([
+                    "--cluster-config-file",
+                    &format!("nodes-{p}.conf"),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            children.push(child);
+        }
+        let mut cluster = RedisCluster {
+            urls: ports.iter().map(|p| format!("redis://127.0.0.1:{p}/")).collect(),
+            children,
+            _dir: dir,
+        };
+        for p in &ports {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
+                assert!(std::time::Instant::now() < deadline, "cluster node {p} did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let ok = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "redis-cli --cluster create failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let all_ok = ports.iter().all(|p| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
+            });
+            if all_ok {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "cluster never reached cluster_state:ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster.urls.sort();
+        Some(cluster)
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
