@@ -7,16 +7,19 @@
 # The handler reads one session value and writes it back incremented (every request loads
 # and saves the session). Cases are interleaved and repeated; medians and ratios against (a).
 #
-# Usage: scripts/bench-sessions.sh [--duration SECS] [--reps N] [--conns N] [--out FILE]
+# Usage: scripts/bench-sessions.sh [--duration SECS] [--reps N] [--conns N] [--node-threads N] [--out FILE]
+#   --node-threads  worker threads of the cachegrid node in (c) (default 1: Redis serves
+#                   commands on one thread, and the 2 cores here also run wrk and the apps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=10; REPS=3; CONNS=32; OUT=""
+DURATION=10; REPS=3; CONNS=32; NODE_THREADS=1; OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift ;;
     --reps) REPS="$2"; shift ;;
     --conns) CONNS="$2"; shift ;;
+    --node-threads) NODE_THREADS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -43,7 +46,7 @@ trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 NODE_PORT=$(free_port)
-target/release/cachegrid --port "$NODE_PORT" --bind 127.0.0.1 >/dev/null 2>&1 & PIDS+=($!)
+target/release/cachegrid node --port "$NODE_PORT" --bind 127.0.0.1 --threads "$NODE_THREADS" --log-level warn >/dev/null 2>&1 & PIDS+=($!)
 wait_port "$NODE_PORT"
 
 declare -A URL NAME
@@ -80,10 +83,10 @@ for rep in $(seq "$REPS"); do
   done
 done
 
-python3 - "$RESULTS" "$CONNS" "$DURATION" "$REPS" "${NAME[a]}" "${NAME[b]}" "${NAME[c]}" "${NAME[d]}" > /tmp/bench-sessions-table.md <<'PY'
+python3 - "$RESULTS" "$CONNS" "$DURATION" "$REPS" "$NODE_THREADS" "${NAME[a]}" "${NAME[b]}" "${NAME[c]}" "${NAME[d]}" > /tmp/bench-sessions-table.md <<'PY'
 import sys, statistics
-path, conns, dur, reps = sys.argv[1:5]
-names = dict(zip("abcd", sys.argv[5:9]))
+path, conns, dur, reps, threads = sys.argv[1:6]
+names = dict(zip("abcd", sys.argv[6:10]))
 def ms(s):
     for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
         if s.endswith(unit) and (unit != "s" or not s.endswith(("us", "ms"))):
@@ -95,7 +98,7 @@ for line in open(path):
     rows.setdefault(i, []).append((float(rps), ms(p99), int(errs)))
 med = {i: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), sum(r[2] for r in v)) for i, v in rows.items()}
 a_rps, a_p99, _ = med["a"]
-print(f"wrk -t2 -c{conns} -d{dur}s, median of {reps} interleaved runs, one session per case")
+print(f"wrk -t2 -c{conns} -d{dur}s, median of {reps} interleaved runs, one session per case, node threads: {threads}")
 print()
 print("| case | req/s | p99 (ms) | req/s vs (a) | p99 vs (a) | non-2xx |")
 print("|---|---:|---:|---:|---:|---:|")

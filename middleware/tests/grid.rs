@@ -127,3 +127,23 @@ async fn stores_implement_tower_sessions_core() {
     assert!(store.load(&record.id).await.unwrap().is_none());
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_node_serves_a_second_instance_with_a_near_cache() {
+    use cachegrid_middleware::grid::EmbeddedGrid;
+    use cachegrid_middleware::session::EmbeddedStore;
+    // Instance A embeds the node; instance B reaches it over the network with a near cache.
+    let grid = EmbeddedGrid::start_default().await.unwrap();
+    let Grid::Embedded(node) = &grid else { unreachable!() };
+    let url = format!("redis://{}/", node.addr());
+    let a = routes(EmbeddedStore::with_grid(grid.clone(), "session:"), config());
+    let gc = GridConfig::single(url).with_near_cache(NearCacheConfig::default());
+    let b = routes(RemoteStore::with_grid(Grid::remote(gc).unwrap(), "session:"), config());
+    let c = send(&a, "POST", "/set/n/0", None).await.cookie();
+    for i in 1..=20u64 {
+        assert_eq!(send(&b, "GET", "/get/n", Some(&c)).await.body, (i - 1).to_string());
+        send(&a, "POST", &format!("/set/n/{i}"), Some(&c)).await;
+        assert_eq!(send(&b, "GET", "/get/n", Some(&c)).await.body, i.to_string(), "stale read at step {i}");
+    }
+    node.shutdown().await;
+}
