@@ -28,6 +28,8 @@ struct State {
     failures: u32,
     /// No connect attempt before this.
     retry_at: Option<Instant>,
+    /// Bumped per new connection, so a failure seen on an old one does not drop a new one.
+    generation: u64,
 }
 
 /// A remote grid client.
@@ -51,16 +53,16 @@ impl RemoteGrid {
         let near = config.near_cache.as_ref().map(|c| Arc::new(NearCache::new(c)));
         Ok(RemoteGrid {
             config,
-            state: Mutex::new(State { conn: None, failures: 0, retry_at: None }),
+            state: Mutex::new(State { conn: None, failures: 0, retry_at: None, generation: 0 }),
             near,
             down: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    async fn conn(&self) -> Result<Conn, GridError> {
+    async fn conn(&self) -> Result<(Conn, u64), GridError> {
         let mut st = self.state.lock().await;
         if let Some(c) = &st.conn {
-            return Ok(c.clone());
+            return Ok((c.clone(), st.generation));
         }
         if let Some(at) = st.retry_at {
             if Instant::now() < at {
@@ -72,10 +74,11 @@ impl RemoteGrid {
                 st.conn = Some(c.clone());
                 st.failures = 0;
                 st.retry_at = None;
+                st.generation += 1;
                 if self.down.swap(false, Ordering::AcqRel) {
                     tracing::info!(urls = ?self.config.urls, "grid reachable again");
                 }
-                Ok(c)
+                Ok((c, st.generation))
             }
             Err(e) => {
                 st.failures = st.failures.saturating_add(1);
@@ -155,9 +158,12 @@ impl RemoteGrid {
     }
 
     /// Forgets a connection that failed, so the next call reconnects.
-    async fn broken(&self, e: &GridError) {
+    async fn broken(&self, e: &GridError, generation: u64) {
         if matches!(e, GridError::Unavailable(_)) {
             let mut st = self.state.lock().await;
+            if st.generation != generation || st.conn.is_none() {
+                return;
+            }
             st.conn = None;
             st.failures = st.failures.saturating_add(1);
             st.retry_at = Some(Instant::now() + self.backoff(st.failures));
@@ -170,6 +176,7 @@ impl RemoteGrid {
 
     async fn timed<T>(
         &self,
+        generation: u64,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, GridError> {
         let r = match tokio::time::timeout(self.config.response_timeout, f).await {
@@ -177,7 +184,7 @@ impl RemoteGrid {
             Err(_) => Err(GridError::Unavailable("reply timed out".into())),
         };
         if let Err(e) = &r {
-            self.broken(e).await;
+            self.broken(e, generation).await;
         }
         r
     }
@@ -185,8 +192,8 @@ impl RemoteGrid {
     /// Runs one command.
     pub async fn query(&self, cmd: &redis::Cmd) -> Result<Value, GridError> {
         match self.conn().await? {
-            Conn::Single(mut c) => self.timed(c.req_packed_command(cmd)).await,
-            Conn::Cluster(mut c) => self.timed(c.req_packed_command(cmd)).await,
+            (Conn::Single(mut c), g) => self.timed(g, c.req_packed_command(cmd)).await,
+            (Conn::Cluster(mut c), g) => self.timed(g, c.req_packed_command(cmd)).await,
         }
     }
 
@@ -198,8 +205,8 @@ impl RemoteGrid {
             pipe.add_command(c.clone());
         }
         let v: Value = match self.conn().await? {
-            Conn::Single(mut c) => self.timed(pipe.query_async(&mut c)).await?,
-            Conn::Cluster(mut c) => self.timed(pipe.query_async(&mut c)).await?,
+            (Conn::Single(mut c), g) => self.timed(g, pipe.query_async(&mut c)).await?,
+            (Conn::Cluster(mut c), g) => self.timed(g, pipe.query_async(&mut c)).await?,
         };
         match v {
             Value::Array(items) => Ok(items),
