@@ -10,6 +10,8 @@ use super::{cmd, container, err, CommandSpec, Ctx, Keys};
 use crate::protocol::Reply;
 use crate::server::ClientInfo;
 
+mod tracking;
+
 /// CLIENT.
 #[rustfmt::skip]
 pub static COMMANDS: &[CommandSpec] = &[container("client", "connection", "2.4.0", "A container for client connection commands.", SUBCOMMANDS)];
@@ -24,6 +26,10 @@ static SUBCOMMANDS: &[CommandSpec] = &[
     cmd("client|info", 2, &["noscript", "loading", "stale"], Keys::None, "connection", "6.2.0", "Returns information about the connection.", info),
     cmd("client|kill", -3, &["admin", "noscript", "loading", "stale"], Keys::None, "connection", "2.4.0", "Terminates open connections.", kill),
     cmd("client|no-evict", 3, &["admin", "noscript", "loading", "stale"], Keys::None, "connection", "7.0.0", "Sets the client eviction mode of the connection.", no_evict),
+    cmd("client|tracking", -3, &["noscript", "loading", "stale"], Keys::None, "connection", "6.0.0", "Controls server-assisted client-side caching for the connection.", tracking::tracking),
+    cmd("client|caching", 3, &["noscript", "loading", "stale"], Keys::None, "connection", "6.0.0", "Instructs the server whether to track the keys in the next request.", tracking::caching),
+    cmd("client|getredir", 2, &["noscript", "loading", "stale"], Keys::None, "connection", "6.0.0", "Returns the client ID to which the connection's tracking notifications are redirected.", tracking::getredir),
+    cmd("client|trackinginfo", 2, &["noscript", "loading", "stale"], Keys::None, "connection", "6.2.0", "Returns information about server-assisted client-side caching for the connection.", tracking::trackinginfo),
     cmd("client|help", 2, &["loading", "stale"], Keys::None, "connection", "5.0.0", "Returns helpful text about the different subcommands.", help),
 ];
 

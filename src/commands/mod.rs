@@ -328,6 +328,15 @@ pub fn run(server: &Arc<Server>, client: &mut ClientState, spec: &CommandSpec, a
         Keys::All => ks.lock_all(now),
         k @ Keys::Range { .. } => ks.lock_keys(k.positions(args.len()).map(|i| &args[i]), now),
     };
+    if !server.tracking.is_active() && !client.tracking.caching_given {
+        let mut ctx = Ctx { db: &mut db, client, server };
+        return (spec.handler)(&mut ctx, args);
+    }
+    // Tracking: the writer's id for NOLOOP, and what it read, recorded under the key locks.
+    let _current = crate::server::tracking::CurrentClient::enter(client.id());
     let mut ctx = Ctx { db: &mut db, client, server };
-    (spec.handler)(&mut ctx, args)
+    let reply = (spec.handler)(&mut ctx, args);
+    let id = client.id();
+    crate::server::tracking::after_command(&server.tracking, &mut client.tracking, id, spec, args);
+    reply
 }

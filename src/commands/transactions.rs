@@ -134,9 +134,21 @@ pub fn exec(server: &Arc<Server>, client: &mut ClientState) -> Reply {
         return Reply::NilArray;
     }
     let mut replies = Vec::with_capacity(queued.len());
+    let _current =
+        server.tracking.is_active().then(|| crate::server::tracking::CurrentClient::enter(client.id()));
     for q in &queued {
         let mut ctx = Ctx { db: &mut db, client, server };
         replies.push((q.spec.handler)(&mut ctx, &q.args));
+        if server.tracking.is_active() {
+            let id = client.id();
+            crate::server::tracking::remember_in_exec(
+                &server.tracking,
+                &client.tracking,
+                id,
+                q.spec,
+                &q.args,
+            );
+        }
     }
     drop(db);
     unwatch_all(server, client);

@@ -45,6 +45,8 @@ pub struct ClientInfo {
     pub killed: AtomicBool,
     /// Wakes the connection when killed.
     pub kill_signal: Notify,
+    /// Out-of-band pushes (CLIENT TRACKING invalidations) the connection writes between replies.
+    pub pushes: super::tracking::PushQueue,
 }
 
 impl ClientInfo {
@@ -119,6 +121,7 @@ impl ClientRegistry {
             no_evict: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             kill_signal: Notify::new(),
+            pushes: Default::default(),
         });
         self.clients.lock().insert(id, info.clone());
         info
@@ -181,6 +184,8 @@ pub struct ClientState {
     /// Unix milliseconds at which the current batch of requests is served: read once per
     /// batch, as Redis caches its clock, so commands do not each ask the kernel.
     pub now_ms: u64,
+    /// CLIENT TRACKING mode of this connection.
+    pub tracking: super::tracking::ConnTracking,
 }
 
 impl ClientState {
@@ -196,6 +201,7 @@ impl ClientState {
             watch_flag: Arc::new(AtomicBool::new(false)),
             close_after_reply: false,
             now_ms: clock::now_ms(),
+            tracking: Default::default(),
         }
     }
 

@@ -38,6 +38,7 @@ pub fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, laddr: S
             debug!(client = id, error = %e, "connection closed with an error");
         }
         commands::transactions::unwatch_all(&server, &mut client);
+        server.tracking.disable(id);
         server.clients.unregister(id);
     });
 }
@@ -52,6 +53,11 @@ async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientS
         let read = tokio::select! {
             r = stream.read_buf(&mut input) => r?,
             _ = info.kill_signal.notified() => 0,
+            _ = info.pushes.wait() => {
+                info.pushes.drain_into(&mut output);
+                flush(server, &mut stream, &mut output).await?;
+                continue;
+            }
             _ = tokio::time::sleep(Duration::from_secs(idle)), if idle > 0 => {
                 debug!(client = info.id, "closing idle client");
                 0
@@ -67,6 +73,9 @@ async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientS
         }
         let mut close = false;
         client.now_ms = crate::store::clock::now_ms();
+        // Pushes queued before these requests go out before their replies (a client's PING
+        // is then a barrier for invalidations).
+        info.pushes.drain_into(&mut output);
         loop {
             let limits = server.limits(client.authenticated);
             match parser.next(&mut input, &limits) {
@@ -92,6 +101,7 @@ async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientS
                 }
             }
         }
+        info.pushes.drain_into(&mut output);
         flush(server, &mut stream, &mut output).await?;
         if close || info.killed.load(Ordering::Acquire) {
             return Ok(());

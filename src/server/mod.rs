@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod tracking;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -70,6 +71,8 @@ pub struct Server {
     pub shutdown: CancellationToken,
     /// Where the client port listens.
     pub addr: RwLock<Option<SocketAddr>>,
+    /// CLIENT TRACKING state (also a keyspace change listener).
+    pub tracking: Arc<tracking::Tracking>,
 }
 
 impl Server {
@@ -105,7 +108,9 @@ impl Server {
             run_id,
             shutdown: CancellationToken::new(),
             addr: RwLock::new(None),
+            tracking: Arc::new(tracking::Tracking::default()),
         };
+        server.keyspace.add_listener(server.tracking.clone());
         server.memory.refresh(0);
         Arc::new(server)
     }

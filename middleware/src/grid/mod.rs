@@ -1,0 +1,195 @@
+//! The grid client both layers share (sessions now, the response cache later): one small API,
+//! `query` and `pipeline`, over a remote grid (a cachegrid node, plain Redis or Redis Cluster,
+//! through the `redis` crate) or a node embedded in this process.
+
+mod embedded;
+mod near;
+mod remote;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use embedded::EmbeddedGrid;
+pub use remote::RemoteGrid;
+
+/// Why a grid call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GridError {
+    /// No connection: the grid is down or unreachable (the caller degrades).
+    #[error("grid unavailable: {0}")]
+    Unavailable(String),
+    /// The grid answered with an error reply.
+    #[error("grid error reply: {0}")]
+    Reply(String),
+    /// The reply did not have the expected shape.
+    #[error("unexpected grid reply: {0}")]
+    Protocol(String),
+}
+
+/// How a remote grid is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One node (a cachegrid node or plain Redis): one multiplexed connection.
+    Single,
+    /// Redis Cluster protocol (MOVED/ASK, slot map) through the `redis` crate's cluster client.
+    Cluster,
+}
+
+/// Settings of a remote grid client.
+#[derive(Debug, Clone)]
+pub struct GridConfig {
+    /// `redis://host:port` URLs: one for [`Topology::Single`], the seed nodes for a cluster.
+    pub urls: Vec<String>,
+    /// Single node or cluster.
+    pub topology: Topology,
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// Time allowed for one reply.
+    pub response_timeout: Duration,
+    /// First reconnect delay; doubles per failure up to `max_backoff`, with jitter.
+    pub min_backoff: Duration,
+    /// Longest reconnect delay.
+    pub max_backoff: Duration,
+    /// Near cache of session reads (moka), kept correct by CLIENT TRACKING pushes; off by
+    /// default. Single topology only.
+    pub near_cache: Option<NearCacheConfig>,
+}
+
+/// Size, lifetime and consistency of the near cache.
+#[derive(Debug, Clone)]
+pub struct NearCacheConfig {
+    /// Most entries kept.
+    pub max_entries: u64,
+    /// An entry is dropped after this long even without an invalidation (a safety net).
+    pub ttl: Duration,
+    /// Whether a hit is confirmed by a PING on the tracking connection first (default true).
+    ///
+    /// Invalidations are pushed asynchronously: without the barrier, a read through this
+    /// instance right after a write through another may still see the old value for the
+    /// push's travel time. The grid writes every push queued for a connection before the
+    /// reply to any later command on it, so once the PING's reply is in, every write that
+    /// completed before the read started has invalidated this cache. A confirmed hit costs a
+    /// round trip but no HGETALL (no session payload on the wire, no work on the node).
+    pub confirm_hits: bool,
+}
+
+impl Default for NearCacheConfig {
+    fn default() -> Self {
+        NearCacheConfig { max_entries: 100_000, ttl: Duration::from_secs(60), confirm_hits: true }
+    }
+}
+
+impl GridConfig {
+    /// One node (or plain Redis) at `url`.
+    pub fn single(url: impl Into<String>) -> GridConfig {
+        GridConfig {
+            urls: vec![url.into()],
+            topology: Topology::Single,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            near_cache: None,
+        }
+    }
+
+    /// A Redis Cluster-compatible grid reached through `seeds`.
+    pub fn cluster(seeds: impl IntoIterator<Item = impl Into<String>>) -> GridConfig {
+        let mut c = GridConfig::single(String::new());
+        c.urls = seeds.into_iter().map(Into::into).collect();
+        c.topology = Topology::Cluster;
+        c
+    }
+
+    /// Turns the near cache on.
+    pub fn with_near_cache(mut self, near: NearCacheConfig) -> GridConfig {
+        self.near_cache = Some(near);
+        self
+    }
+}
+
+/// A connection to the grid, remote or embedded; cheap to clone.
+#[derive(Clone)]
+pub enum Grid {
+    /// Over the network.
+    Remote(Arc<RemoteGrid>),
+    /// In this process.
+    Embedded(Arc<EmbeddedGrid>),
+}
+
+impl Grid {
+    /// Connects to a remote grid (the first connection is made lazily on first use, so an
+    /// app starts even while the grid is down).
+    pub fn remote(config: GridConfig) -> Result<Grid, GridError> {
+        Ok(Grid::Remote(Arc::new(RemoteGrid::new(config)?)))
+    }
+
+    /// Runs one command.
+    pub async fn query(&self, cmd: &redis::Cmd) -> Result<redis::Value, GridError> {
+        match self {
+            Grid::Remote(r) => r.query(cmd).await,
+            Grid::Embedded(e) => e.query(cmd),
+        }
+    }
+
+    /// Runs `cmds` as one MULTI/EXEC transaction (all keys in one slot); one value per command.
+    pub async fn transaction(&self, cmds: &[redis::Cmd]) -> Result<Vec<redis::Value>, GridError> {
+        match self {
+            Grid::Remote(r) => r.transaction(cmds).await,
+            Grid::Embedded(e) => e.transaction(cmds),
+        }
+    }
+
+    /// HGETALL `key` as field/value pairs, served from the near cache when it is on.
+    pub async fn hgetall(&self, key: &str) -> Result<Arc<Vec<(String, bytes::Bytes)>>, GridError> {
+        match self {
+            Grid::Remote(r) => r.hgetall(key).await,
+            Grid::Embedded(e) => e.query(redis::cmd("HGETALL").arg(key)).and_then(|v| pairs(v).map(Arc::new)),
+        }
+    }
+
+    /// Drops `key` from this client's near cache (after a write through this client).
+    pub async fn forget(&self, key: &str) {
+        if let Grid::Remote(r) = self {
+            r.forget(key).await;
+        }
+    }
+}
+
+/// A HGETALL reply as field/value pairs.
+pub(crate) fn pairs(v: redis::Value) -> Result<Vec<(String, bytes::Bytes)>, GridError> {
+    use redis::Value;
+    let flat: Vec<Value> = match v {
+        Value::Array(items) => items,
+        Value::Map(kv) => kv.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        Value::Nil => Vec::new(),
+        other => return Err(GridError::Protocol(format!("HGETALL gave {other:?}"))),
+    };
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        match (k, v) {
+            (Value::BulkString(k), Value::BulkString(v)) => {
+                out.push((String::from_utf8_lossy(&k).into_owned(), bytes::Bytes::from(v)))
+            }
+            other => return Err(GridError::Protocol(format!("HGETALL pair {other:?}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Maps a `redis` error to ours: connection-level failures are [`GridError::Unavailable`].
+pub(crate) fn classify(e: redis::RedisError) -> GridError {
+    let cluster_down =
+        matches!(e.kind(), redis::ErrorKind::ClusterConnectionNotFound | redis::ErrorKind::ClusterDown);
+    if cluster_down
+        || e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+    {
+        GridError::Unavailable(e.to_string())
+    } else {
+        GridError::Reply(e.to_string())
+    }
+}

@@ -1,0 +1,264 @@
+//! A grid over the network: a cachegrid node or plain Redis through one multiplexed
+//! connection, or a Redis Cluster-compatible grid through the `redis` crate's cluster client
+//! (slot map, MOVED/ASK). Timeouts on every call; a lost connection is re-made on the next
+//! call, no sooner than a jittered exponential backoff allows; an outage is logged once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use tokio::sync::Mutex;
+
+use super::near::NearCache;
+use super::{classify, pairs, GridConfig, GridError, Topology};
+
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+struct State {
+    conn: Option<Conn>,
+    /// Consecutive failed connects.
+    failures: u32,
+    /// No connect attempt before this.
+    retry_at: Option<Instant>,
+    /// Bumped per new connection, so a failure seen on an old one does not drop a new one.
+    generation: u64,
+}
+
+/// A remote grid client.
+pub struct RemoteGrid {
+    config: GridConfig,
+    state: Mutex<State>,
+    near: Option<Arc<NearCache>>,
+    /// Whether an outage is being reported (so it is logged once, and its end once).
+    down: Arc<AtomicBool>,
+}
+
+impl RemoteGrid {
+    /// A client for `config`; connects on first use.
+    pub fn new(config: GridConfig) -> Result<RemoteGrid, GridError> {
+        if config.urls.is_empty() {
+            return Err(GridError::Unavailable("no grid URL given".into()));
+        }
+        if config.near_cache.is_some() && config.topology == Topology::Cluster {
+            return Err(GridError::Unavailable("the near cache needs a single-node topology".into()));
+        }
+        let near = config.near_cache.as_ref().map(|c| Arc::new(NearCache::new(c)));
+        Ok(RemoteGrid {
+            config,
+            state: Mutex::new(State { conn: None, failures: 0, retry_at: None, generation: 0 }),
+            near,
+            down: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    async fn conn(&self) -> Result<(Conn, u64), GridError> {
+        let mut st = self.state.lock().await;
+        if let Some(c) = &st.conn {
+            return Ok((c.clone(), st.generation));
+        }
+        if let Some(at) = st.retry_at {
+            if Instant::now() < at {
+                return Err(GridError::Unavailable("reconnect backoff".into()));
+            }
+        }
+        match self.connect().await {
+            Ok(c) => {
+                st.conn = Some(c.clone());
+                st.failures = 0;
+                st.retry_at = None;
+                st.generation += 1;
+                if self.down.swap(false, Ordering::AcqRel) {
+                    tracing::info!(urls = ?self.config.urls, "grid reachable again");
+                }
+                Ok((c, st.generation))
+            }
+            Err(e) => {
+                st.failures = st.failures.saturating_add(1);
+                st.retry_at = Some(Instant::now() + self.backoff(st.failures));
+                self.report_down(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Exponential backoff with full jitter in [d/2, d].
+    fn backoff(&self, failures: u32) -> Duration {
+        let exp = self.config.min_backoff.saturating_mul(1u32 << failures.min(16).saturating_sub(1));
+        let d = exp.min(self.config.max_backoff);
+        let half = d / 2;
+        half + Duration::from_micros(rand::thread_rng().gen_range(0..=half.as_micros() as u64))
+    }
+
+    fn report_down(&self, e: &GridError) {
+        if !self.down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(urls = ?self.config.urls, error = %e, "grid unreachable");
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, GridError> {
+        let cfg = &self.config;
+        match cfg.topology {
+            Topology::Single => {
+                let mut info = redis::IntoConnectionInfo::into_connection_info(cfg.urls[0].as_str())
+                    .map_err(classify)?;
+                let mut acc = AsyncConnectionConfig::new()
+                    .set_connection_timeout(cfg.connect_timeout)
+                    .set_response_timeout(cfg.response_timeout);
+                if let Some(near) = &self.near {
+                    info.redis.protocol = redis::ProtocolVersion::RESP3;
+                    let near = near.clone();
+                    let down = self.down.clone();
+                    acc = acc.set_push_sender(move |p: PushInfo| {
+                        on_push(&near, &down, p);
+                        Ok::<(), std::convert::Infallible>(())
+                    });
+                }
+                let client = redis::Client::open(info).map_err(classify)?;
+                let mut conn = tokio::time::timeout(
+                    cfg.connect_timeout,
+                    client.get_multiplexed_async_connection_with_config(&acc),
+                )
+                .await
+                .map_err(|_| GridError::Unavailable("connect timed out".into()))?
+                .map_err(classify)?;
+                if let Some(near) = &self.near {
+                    // Anything cached before this connection may have missed its invalidation.
+                    near.clear();
+                    redis::cmd("CLIENT")
+                        .arg("TRACKING")
+                        .arg("ON")
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(classify)?;
+                }
+                Ok(Conn::Single(conn))
+            }
+            Topology::Cluster => {
+                let client = redis::cluster::ClusterClient::builder(cfg.urls.clone())
+                    .connection_timeout(cfg.connect_timeout)
+                    .response_timeout(cfg.response_timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(classify)?;
+                let conn = tokio::time::timeout(cfg.connect_timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| GridError::Unavailable("connect timed out".into()))?
+                    .map_err(classify)?;
+                Ok(Conn::Cluster(conn))
+            }
+        }
+    }
+
+    /// Forgets a connection that failed, so the next call reconnects.
+    async fn broken(&self, e: &GridError, generation: u64) {
+        if matches!(e, GridError::Unavailable(_)) {
+            let mut st = self.state.lock().await;
+            if st.generation != generation || st.conn.is_none() {
+                return;
+            }
+            st.conn = None;
+            st.failures = st.failures.saturating_add(1);
+            st.retry_at = Some(Instant::now() + self.backoff(st.failures));
+            if let Some(near) = &self.near {
+                near.clear();
+            }
+            self.report_down(e);
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        generation: u64,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, GridError> {
+        let r = match tokio::time::timeout(self.config.response_timeout, f).await {
+            Ok(r) => r.map_err(classify),
+            Err(_) => Err(GridError::Unavailable("reply timed out".into())),
+        };
+        if let Err(e) = &r {
+            self.broken(e, generation).await;
+        }
+        r
+    }
+
+    /// Runs one command.
+    pub async fn query(&self, cmd: &redis::Cmd) -> Result<Value, GridError> {
+        match self.conn().await? {
+            (Conn::Single(mut c), g) => self.timed(g, c.req_packed_command(cmd)).await,
+            (Conn::Cluster(mut c), g) => self.timed(g, c.req_packed_command(cmd)).await,
+        }
+    }
+
+    /// Runs `cmds` as one MULTI/EXEC transaction; one value per command.
+    pub async fn transaction(&self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, GridError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for c in cmds {
+            pipe.add_command(c.clone());
+        }
+        let v: Value = match self.conn().await? {
+            (Conn::Single(mut c), g) => self.timed(g, pipe.query_async(&mut c)).await?,
+            (Conn::Cluster(mut c), g) => self.timed(g, pipe.query_async(&mut c)).await?,
+        };
+        match v {
+            Value::Array(items) => Ok(items),
+            Value::Nil => Err(GridError::Reply("transaction aborted".into())),
+            other => Err(GridError::Protocol(format!("pipeline gave {other:?}"))),
+        }
+    }
+
+    /// HGETALL through the near cache.
+    pub async fn hgetall(&self, key: &str) -> Result<Arc<Vec<(String, bytes::Bytes)>>, GridError> {
+        let Some(near) = &self.near else {
+            return Ok(Arc::new(pairs(self.query(redis::cmd("HGETALL").arg(key)).await?)?));
+        };
+        let epoch = near.epoch();
+        if let Some(hit) = near.get(key) {
+            if !self.config.near_cache.as_ref().is_some_and(|c| c.confirm_hits) {
+                return Ok(hit);
+            }
+            // The barrier: pushes queued before it arrive before its reply.
+            self.query(&redis::cmd("PING")).await?;
+            if near.epoch() == epoch || near.get(key).is_some_and(|again| Arc::ptr_eq(&again, &hit)) {
+                return Ok(hit);
+            }
+        }
+        let v = Arc::new(pairs(self.query(redis::cmd("HGETALL").arg(key)).await?)?);
+        near.fill(key, epoch, v.clone());
+        Ok(v)
+    }
+
+    /// Drops `key` from the near cache.
+    pub async fn forget(&self, key: &str) {
+        if let Some(near) = &self.near {
+            near.invalidate(key.as_bytes());
+        }
+    }
+}
+
+/// Handles one push from the grid: invalidations drop near-cache entries; a disconnect drops
+/// everything (the connection is re-made, with tracking, on the next call).
+fn on_push(near: &NearCache, _down: &AtomicBool, p: PushInfo) {
+    match p.kind {
+        PushKind::Invalidate => match p.data.into_iter().next() {
+            Some(Value::Array(keys)) => {
+                for k in keys {
+                    if let Value::BulkString(k) = k {
+                        near.invalidate(&k);
+                    }
+                }
+            }
+            _ => near.clear(),
+        },
+        PushKind::Disconnection => near.clear(),
+        _ => {}
+    }
+}
