@@ -28,6 +28,22 @@ enum Command {
     Node(NodeArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
     Config(NodeArgs),
+    /// Show the grid: nodes, zones, slots, roles, keys, memory (from a node's admin port).
+    Status(AdminArgs),
+    /// Exit 0 if a node's admin port answers /health, else 1 (for container health checks).
+    Health(AdminArgs),
+}
+
+/// Which node's admin port to ask.
+#[derive(Args)]
+struct AdminArgs {
+    /// Admin address HOST:PORT; default: the one the node configuration (file, CACHEGRID_*
+    /// variables) gives, on loopback for a wildcard bind.
+    #[arg(long)]
+    admin: Option<String>,
+    /// TOML configuration file to derive the admin address from.
+    #[arg(long, short, env = "CACHEGRID_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// Flags of `cachegrid node`; each overrides the config file and `CACHEGRID_*` variables.
@@ -77,6 +93,18 @@ struct NodeArgs {
     #[arg(long = "log-format")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "log-format")]
     log_format: Option<String>,
+    /// Admin HTTP port (metrics, health, dashboard); default: client port + 1000.
+    #[arg(long = "admin-port")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "admin-port")]
+    admin_port: Option<u16>,
+    /// Address the admin port listens on; default: --bind.
+    #[arg(long = "admin-bind")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "admin-bind")]
+    admin_bind: Option<String>,
+    /// Seconds to keep serving after SIGTERM while /ready answers 503.
+    #[arg(long = "shutdown-drain")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "shutdown-drain")]
+    shutdown_drain: Option<u64>,
 }
 
 fn init_logging(config: &Config) {
@@ -105,7 +133,33 @@ fn main() -> anyhow::Result<()> {
             print!("{}", toml::to_string(&config)?);
             Ok(())
         }
+        Command::Status(args) => admin_command(args, |addr| async move {
+            print!("{}", cachegrid::admin::cli::status(&addr).await?);
+            Ok(())
+        }),
+        Command::Health(args) => admin_command(args, |addr| async move {
+            cachegrid::admin::cli::health(&addr).await?;
+            println!("ok");
+            Ok(())
+        }),
     }
+}
+
+/// Runs an admin subcommand against the admin address `args` names or the config implies.
+fn admin_command<F, Fut>(args: AdminArgs, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let addr = match args.admin {
+        Some(a) => a,
+        None => {
+            let config = Config::load(args.config.as_deref(), ()).context("invalid configuration")?;
+            cachegrid::admin::cli::default_admin_addr(&config)?
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(f(addr))
 }
 
 fn run_node(config: Config) -> anyhow::Result<()> {
@@ -119,12 +173,23 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         b
     };
     let rt = rt.enable_all().build().context("cannot start the runtime")?;
+    let config_drain = config.shutdown_drain;
     rt.block_on(async move {
         info!(version = env!("CARGO_PKG_VERSION"), threads = config.threads, "starting cachegrid node");
         let node = Node::start(config).await?;
         let server = node.server.clone();
+        let drain = config_drain;
         tokio::spawn(async move {
             shutdown_signal().await;
+            server.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            if drain > 0 {
+                // Load balancers see /ready fail and move clients away; a second signal cuts it short.
+                info!(seconds = drain, "signal received, draining: /ready answers 503 until shutdown");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(drain)) => {}
+                    _ = shutdown_signal() => {}
+                }
+            }
             info!("signal received, shutting down");
             server.shutdown.cancel();
         });

@@ -70,6 +70,9 @@ pub struct Server {
     pub shutdown: CancellationToken,
     /// Where the client port listens.
     pub addr: RwLock<Option<SocketAddr>>,
+    /// Set when the node is about to stop or leave: it still serves, but the admin port's
+    /// `/ready` answers 503 so orchestrators and load balancers move clients away first.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Server {
@@ -105,6 +108,7 @@ impl Server {
             run_id,
             shutdown: CancellationToken::new(),
             addr: RwLock::new(None),
+            draining: Default::default(),
         };
         server.memory.refresh(0);
         Arc::new(server)
