@@ -154,7 +154,9 @@ where
     let addr = match args.admin {
         Some(a) => a,
         None => {
-            let config = Config::load(args.config.as_deref(), ()).context("invalid configuration")?;
+            let config =
+                Config::load(args.config.as_deref(), std::collections::BTreeMap::<String, String>::new())
+                    .context("invalid configuration")?;
             cachegrid::admin::cli::default_admin_addr(&config)?
         }
     };
