@@ -200,6 +200,13 @@ fn metrics_parse_as_prometheus_text_and_move_when_traffic_flows() {
     assert_eq!(get(&after, "cachegrid_command_latency_seconds_bucket{cmd=\"set\",le=\"+Inf\"}"), timed);
     assert!(get(&after, "cachegrid_command_latency_seconds_sum{cmd=\"set\"}") > 0.0);
 
+    // Every metric exported is documented.
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ADMIN.md")).unwrap();
+    let (_, text) = node.get("/metrics");
+    for name in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap()) {
+        assert!(doc.contains(&format!("| `{name}` |")), "{name} is not in docs/ADMIN.md");
+    }
+
     // A second scrape without traffic pushes no new latency samples.
     let again = node.metrics();
     assert_eq!(get(&again, "cachegrid_command_latency_seconds_count{cmd=\"set\"}"), timed);
