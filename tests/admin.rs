@@ -210,6 +210,17 @@ fn metrics_parse_as_prometheus_text_and_move_when_traffic_flows() {
     // A second scrape without traffic pushes no new latency samples.
     let again = node.metrics();
     assert_eq!(get(&again, "cachegrid_command_latency_seconds_count{cmd=\"set\"}"), timed);
+
+    // CONFIG RESETSTAT zeroes INFO's figures, but Prometheus counters only go up: what is
+    // counted after the reset is added to what was exported before.
+    assert_eq!(c.cmd_str(&["CONFIG", "RESETSTAT"]), "+OK\r\n");
+    for i in 0..3 {
+        c.cmd_str(&["SET", &format!("k{i}"), "v"]);
+    }
+    let reset = node.metrics();
+    assert_eq!(get(&reset, "cachegrid_commands_total{cmd=\"set\"}"), 204.0);
+    assert_eq!(get(&reset, "cachegrid_keyspace_hits_total"), get(&after, "cachegrid_keyspace_hits_total"));
+    assert!(c.cmd_str(&["INFO", "stats"]).contains("keyspace_hits:0\r\n"));
 }
 
 #[test]

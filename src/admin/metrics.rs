@@ -3,6 +3,7 @@
 //! keeps the hot path free of the recorder; subsystems (replication, write-behind) add their
 //! own figures with a [`Collector`].
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use parking_lot::Mutex;
 
-use super::stats::{CommandTotals, BUCKETS, COMMAND_STATS, LATENCY_BOUNDS};
+use super::stats::{CommandTotals, BUCKETS, LATENCY_BOUNDS};
 use crate::server::Server;
 
 /// Pushes a subsystem's figures into the recorder at scrape time, with the `metrics` macros
@@ -23,12 +24,33 @@ pub trait Collector: Send + Sync {
 /// Per latency bucket: (count, summed nanoseconds).
 type Buckets = [(u64, u64); BUCKETS];
 
-/// The node's recorder and what was last pushed of the sampled latencies.
+/// What was last read of each counter, so `/metrics` counters stay monotonic across
+/// CONFIG RESETSTAT (the recorder's counters only go up) and histograms get deltas.
+#[derive(Default)]
+struct Seen {
+    resets: u64,
+    counters: HashMap<(&'static str, &'static str), u64>,
+    latency: HashMap<&'static str, Buckets>,
+}
+
+impl Seen {
+    /// Adds what counter `name` (label `cmd`, "" for none) grew by since the last scrape.
+    fn counter(&mut self, name: &'static str, cmd: &'static str, now: u64) {
+        let before = self.counters.insert((name, cmd), now).unwrap_or(0);
+        let grew = now.saturating_sub(before);
+        if cmd.is_empty() {
+            counter!(name).increment(grew);
+        } else {
+            counter!(name, "cmd" => cmd).increment(grew);
+        }
+    }
+}
+
+/// The node's recorder and what it last read.
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    /// Latency buckets already pushed, by command name: histograms take deltas.
-    pushed: Mutex<Vec<(&'static str, Buckets)>>,
+    seen: Mutex<Seen>,
     collectors: Mutex<Vec<Arc<dyn Collector>>>,
 }
 
@@ -47,7 +69,7 @@ impl Metrics {
             .build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, describe);
-        Metrics { recorder, handle, pushed: Mutex::new(Vec::new()), collectors: Mutex::new(Vec::new()) }
+        Metrics { recorder, handle, seen: Mutex::new(Seen::default()), collectors: Mutex::new(Vec::new()) }
     }
 
     /// Adds a subsystem's collector.
@@ -58,57 +80,60 @@ impl Metrics {
     /// Reads every figure and renders the Prometheus text.
     pub fn render(&self, server: &Server) -> String {
         let collectors = self.collectors.lock().clone();
+        let mut seen = self.seen.lock();
+        let resets = server.command_stats.resets();
+        if resets != seen.resets {
+            // Everything counted since the reset is new.
+            seen.counters.clear();
+            seen.latency.clear();
+            seen.resets = resets;
+        }
         metrics::with_local_recorder(&self.recorder, || {
-            collect_node(server);
-            self.collect_commands(COMMAND_STATS.totals());
+            collect_node(server, &mut seen);
+            collect_commands(&mut seen, server.command_stats.totals());
             for c in &collectors {
                 c.collect();
             }
         });
         self.handle.render()
     }
+}
 
-    fn collect_commands(&self, totals: Vec<CommandTotals>) {
-        let mut pushed = self.pushed.lock();
-        for t in totals {
-            let labels = [("cmd", t.name)];
-            counter!("cachegrid_commands_total", &labels).absolute(t.calls);
-            counter!("cachegrid_command_errors_total", &labels).absolute(t.errors);
-            let idx = match pushed.iter().position(|(n, _)| *n == t.name) {
-                Some(i) => i,
-                None => {
-                    pushed.push((t.name, [(0, 0); BUCKETS]));
-                    pushed.len() - 1
-                }
-            };
-            let last = &mut pushed[idx].1;
-            let h = histogram!("cachegrid_command_latency_seconds", &labels);
-            for (b, &(count, sum_ns)) in t.latency.iter().enumerate() {
-                let n = count.saturating_sub(last[b].0);
-                // The mean of the new samples lies in the same bucket, and keeps the sum exact.
-                if let Some(mean_ns) = sum_ns.saturating_sub(last[b].1).checked_div(n) {
-                    h.record_many(mean_ns as f64 / 1e9, n as usize);
-                }
-                last[b] = (count, sum_ns);
+fn collect_commands(seen: &mut Seen, totals: Vec<CommandTotals>) {
+    for t in totals {
+        seen.counter("cachegrid_commands_total", t.name, t.calls);
+        seen.counter("cachegrid_command_errors_total", t.name, t.errors);
+        let last = seen.latency.entry(t.name).or_insert([(0, 0); BUCKETS]);
+        let h = histogram!("cachegrid_command_latency_seconds", "cmd" => t.name);
+        for (b, &(count, sum_ns)) in t.latency.iter().enumerate() {
+            let n = count.saturating_sub(last[b].0);
+            // The mean of the new samples lies in the same bucket, and keeps the sum exact.
+            if let Some(mean_ns) = sum_ns.saturating_sub(last[b].1).checked_div(n) {
+                h.record_many(mean_ns as f64 / 1e9, n as usize);
             }
+            last[b] = (count, sum_ns);
         }
     }
 }
 
-fn collect_node(server: &Server) {
+fn collect_node(server: &Server, seen: &mut Seen) {
     let st = &server.stats;
     let ks = &server.keyspace.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    counter!("cachegrid_commands_processed_total").absolute(load(&st.commands));
-    counter!("cachegrid_error_replies_total").absolute(load(&st.error_replies));
-    counter!("cachegrid_connections_received_total").absolute(load(&st.connections));
-    counter!("cachegrid_connections_rejected_total").absolute(load(&st.rejected));
-    counter!("cachegrid_net_input_bytes_total").absolute(load(&st.net_input));
-    counter!("cachegrid_net_output_bytes_total").absolute(load(&st.net_output));
-    counter!("cachegrid_expired_keys_total").absolute(load(&ks.expired_keys));
-    counter!("cachegrid_evicted_keys_total").absolute(load(&ks.evicted_keys));
-    counter!("cachegrid_keyspace_hits_total").absolute(load(&ks.hits));
-    counter!("cachegrid_keyspace_misses_total").absolute(load(&ks.misses));
+    for (name, value) in [
+        ("cachegrid_commands_processed_total", load(&st.commands)),
+        ("cachegrid_error_replies_total", load(&st.error_replies)),
+        ("cachegrid_connections_received_total", load(&st.connections)),
+        ("cachegrid_connections_rejected_total", load(&st.rejected)),
+        ("cachegrid_net_input_bytes_total", load(&st.net_input)),
+        ("cachegrid_net_output_bytes_total", load(&st.net_output)),
+        ("cachegrid_expired_keys_total", load(&ks.expired_keys)),
+        ("cachegrid_evicted_keys_total", load(&ks.evicted_keys)),
+        ("cachegrid_keyspace_hits_total", load(&ks.hits)),
+        ("cachegrid_keyspace_misses_total", load(&ks.misses)),
+    ] {
+        seen.counter(name, "", value);
+    }
     gauge!("cachegrid_connected_clients").set(server.clients.len() as f64);
     gauge!("cachegrid_keys").set(server.keyspace.len() as f64);
     gauge!("cachegrid_keys_with_expiry").set(server.keyspace.volatile_len() as f64);

@@ -37,17 +37,23 @@ struct Latency {
     sum_ns: [AtomicU64; BUCKETS],
 }
 
-/// The statistics of every command the node knows (subcommands included).
+/// The statistics of every command the node knows (subcommands included); one per node.
 pub struct CommandStats {
-    /// Every spec, sorted by address, so a spec's index is found by binary search.
-    specs: Vec<&'static CommandSpec>,
+    specs: &'static [&'static CommandSpec],
+    /// How many times CONFIG RESETSTAT zeroed the node's counters, so readers that keep
+    /// monotonic totals know a smaller value is a reset.
+    resets: AtomicU64,
     stripes: Vec<Stripe>,
     latency: Vec<Latency>,
 }
 
-/// The process-wide table: command specs are static, so their counters are too. Every node
-/// in a process (tests run several) shares it.
-pub static COMMAND_STATS: LazyLock<CommandStats> = LazyLock::new(CommandStats::new);
+/// Every spec, sorted by address, so a spec's index is found by binary search.
+static SPECS: LazyLock<Vec<&'static CommandSpec>> = LazyLock::new(|| {
+    let mut specs: Vec<&'static CommandSpec> =
+        all_commands().flat_map(|c| std::iter::once(c).chain(c.subcommands.iter())).collect();
+    specs.sort_by_key(|s| *s as *const CommandSpec as usize);
+    specs
+});
 
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 
@@ -86,11 +92,16 @@ pub struct CommandTotals {
     pub latency: [(u64, u64); BUCKETS],
 }
 
+impl Default for CommandStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl CommandStats {
-    fn new() -> Self {
-        let mut specs: Vec<&'static CommandSpec> =
-            all_commands().flat_map(|c| std::iter::once(c).chain(c.subcommands.iter())).collect();
-        specs.sort_by_key(|s| *s as *const CommandSpec as usize);
+    /// Zeroed counters for every command.
+    pub fn new() -> Self {
+        let specs = SPECS.as_slice();
         let n = specs.len();
         let zeros = || (0..n).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
         let stripes = (0..STRIPES).map(|_| Stripe { calls: zeros(), errors: zeros() }).collect();
@@ -100,7 +111,7 @@ impl CommandStats {
                 sum_ns: std::array::from_fn(|_| AtomicU64::new(0)),
             })
             .collect();
-        CommandStats { specs, stripes, latency }
+        CommandStats { specs, resets: AtomicU64::new(0), stripes, latency }
     }
 
     fn index(&self, spec: &CommandSpec) -> Option<usize> {
@@ -130,6 +141,21 @@ impl CommandStats {
             let b = bucket(ns);
             l.count[b].fetch_add(1, Ordering::Relaxed);
             l.sum_ns[b].fetch_add(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// Number of resets so far.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Acquire)
+    }
+
+    /// Zeroes every counter (CONFIG RESETSTAT, which zeroes the node's other counters too).
+    pub fn reset(&self) {
+        self.resets.fetch_add(1, Ordering::AcqRel);
+        let stripes = self.stripes.iter().flat_map(|s| s.calls.iter().chain(s.errors.iter()));
+        let latency = self.latency.iter().flat_map(|l| l.count.iter().chain(l.sum_ns.iter()));
+        for c in stripes.chain(latency) {
+            c.store(0, Ordering::Relaxed);
         }
     }
 
@@ -186,5 +212,7 @@ mod tests {
         assert_eq!(get.errors, SAMPLE_EVERY / 2);
         assert_eq!(get.latency.iter().map(|b| b.0).sum::<u64>(), 2);
         assert!(t.iter().all(|t| t.name == "get"), "only called commands are listed");
+        stats.reset();
+        assert!(stats.totals().is_empty());
     }
 }

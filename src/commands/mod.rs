@@ -294,7 +294,7 @@ pub fn execute(server: &Arc<Server>, client: &mut ClientState, args: Vec<Bytes>)
         }
     };
     server.stats.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let stats = &crate::admin::stats::COMMAND_STATS;
+    let stats = &server.command_stats;
     let call = stats.start(spec);
     let reply = execute_spec(server, client, spec, args);
     if let Some(call) = call {

@@ -73,6 +73,8 @@ pub struct Server {
     /// Set when the node is about to stop or leave: it still serves, but the admin port's
     /// `/ready` answers 503 so orchestrators and load balancers move clients away first.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Calls, errors and sampled latency per command, for the admin port's `/metrics`.
+    pub command_stats: crate::admin::stats::CommandStats,
 }
 
 impl Server {
@@ -109,6 +111,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             addr: RwLock::new(None),
             draining: Default::default(),
+            command_stats: Default::default(),
         };
         server.memory.refresh(0);
         Arc::new(server)
