@@ -24,8 +24,8 @@ pub const BUCKETS: usize = LATENCY_BOUNDS.len() + 1;
 
 const STRIPES: usize = 8;
 
-/// Calls and errors of every command, one stripe per thread group.
-#[repr(align(128))]
+/// Calls and errors of every command for one group of threads. Each array is its own heap
+/// allocation, so two stripes never share a cache line.
 struct Stripe {
     calls: Box<[AtomicU64]>,
     errors: Box<[AtomicU64]>,
