@@ -178,18 +178,20 @@ fn run_node(config: Config) -> anyhow::Result<()> {
     let config_drain = config.shutdown_drain;
     rt.block_on(async move {
         info!(version = env!("CARGO_PKG_VERSION"), threads = config.threads, "starting cachegrid node");
+        // Handlers first: a SIGTERM that arrives while the node starts must not kill it outright.
+        let mut signals = Signals::new()?;
         let node = Node::start(config).await?;
         let server = node.server.clone();
         let drain = config_drain;
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signals.recv().await;
             server.draining.store(true, std::sync::atomic::Ordering::Relaxed);
             if drain > 0 {
                 // Load balancers see /ready fail and move clients away; a second signal cuts it short.
                 info!(seconds = drain, "signal received, draining: /ready answers 503 until shutdown");
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(drain)) => {}
-                    _ = shutdown_signal() => {}
+                    _ = signals.recv() => {}
                 }
             }
             info!("signal received, shutting down");
@@ -199,11 +201,26 @@ fn run_node(config: Config) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, registered up front.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
