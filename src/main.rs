@@ -161,7 +161,12 @@ where
         }
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(f(addr))
+    if let Err(e) = rt.block_on(f(addr)) {
+        // An operator's error, not a crash: one line, no backtrace, exit status 1.
+        eprintln!("cachegrid: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn run_node(config: Config) -> anyhow::Result<()> {
