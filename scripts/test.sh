@@ -15,4 +15,11 @@ if ! redis-cli -p 6379 ping >/dev/null 2>&1; then
   for _ in $(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
+# The admin tests check /metrics with promtool (Debian's prometheus) and load the dashboard in
+# headless Chromium; both are skipped with a message when missing outside CI.
+if ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then
+  echo "installing prometheus (promtool) and chromium for the admin and dashboard tests" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null
+fi
+
 cargo test --workspace --all-targets "$@"

@@ -57,6 +57,14 @@ pub struct Config {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// Admin HTTP port (metrics, health, cluster JSON, dashboard); unset means the client port
+    /// + 1000 (or a free port when `port` is 0).
+    pub admin_port: Option<u16>,
+    /// Address the admin port listens on; unset means the same as `bind`.
+    pub admin_bind: Option<String>,
+    /// Seconds a node keeps serving after SIGTERM with `/ready` answering 503, so load
+    /// balancers stop sending clients before it closes; 0 stops at once.
+    pub shutdown_drain: u64,
 }
 
 impl Default for Config {
@@ -83,6 +91,9 @@ impl Default for Config {
             dir: PathBuf::from("."),
             log_level: "info".into(),
             log_format: "text".into(),
+            admin_port: None,
+            admin_bind: None,
+            shutdown_drain: 0,
         }
     }
 }
@@ -111,7 +122,10 @@ impl Config {
             fig = fig.merge(Toml::file_exact(file));
         }
         let config: Config = fig
-            .merge(Env::prefixed("CACHEGRID_").map(|k| k.as_str().replace('_', "-").into()))
+            // CACHEGRID_CONFIG names the file (a flag's variable), not an option.
+            .merge(
+                Env::prefixed("CACHEGRID_").ignore(&["config"]).map(|k| k.as_str().replace('_', "-").into()),
+            )
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)?;
@@ -136,7 +150,29 @@ impl Config {
         if !(1..=500).contains(&self.hz) {
             return Err(ConfigError::Invalid { name: "hz", reason: "must be between 1 and 500".into() });
         }
+        if self.shutdown_drain > 3600 {
+            return Err(ConfigError::Invalid {
+                name: "shutdown-drain",
+                reason: "must be at most 3600 seconds".into(),
+            });
+        }
+        self.admin_addr()?;
         Ok(())
+    }
+
+    /// Where the admin HTTP port listens: `admin-bind` (or `bind`) and `admin-port` (or the
+    /// client port + 1000; a free port when the client port is 0).
+    pub fn admin_addr(&self) -> Result<(String, u16), ConfigError> {
+        let bind = self.admin_bind.clone().unwrap_or_else(|| self.bind.clone());
+        let port = match self.admin_port {
+            Some(p) => p,
+            None if self.port == 0 => 0,
+            None => self.port.checked_add(1000).ok_or(ConfigError::Invalid {
+                name: "admin-port",
+                reason: format!("client port {} + 1000 is past 65535: set admin-port", self.port),
+            })?,
+        };
+        Ok((bind, port))
     }
 }
 

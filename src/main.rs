@@ -28,6 +28,22 @@ enum Command {
     Node(NodeArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
     Config(NodeArgs),
+    /// Show the grid: nodes, zones, slots, roles, keys, memory (from a node's admin port).
+    Status(AdminArgs),
+    /// Exit 0 if a node's admin port answers /health, else 1 (for container health checks).
+    Health(AdminArgs),
+}
+
+/// Which node's admin port to ask.
+#[derive(Args)]
+struct AdminArgs {
+    /// Admin address HOST:PORT; default: the one the node configuration (file, CACHEGRID_*
+    /// variables) gives, on loopback for a wildcard bind.
+    #[arg(long)]
+    admin: Option<String>,
+    /// TOML configuration file to derive the admin address from.
+    #[arg(long, short, env = "CACHEGRID_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// Flags of `cachegrid node`; each overrides the config file and `CACHEGRID_*` variables.
@@ -77,6 +93,18 @@ struct NodeArgs {
     #[arg(long = "log-format")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "log-format")]
     log_format: Option<String>,
+    /// Admin HTTP port (metrics, health, dashboard); default: client port + 1000.
+    #[arg(long = "admin-port")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "admin-port")]
+    admin_port: Option<u16>,
+    /// Address the admin port listens on; default: --bind.
+    #[arg(long = "admin-bind")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "admin-bind")]
+    admin_bind: Option<String>,
+    /// Seconds to keep serving after SIGTERM while /ready answers 503.
+    #[arg(long = "shutdown-drain")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "shutdown-drain")]
+    shutdown_drain: Option<u64>,
 }
 
 fn init_logging(config: &Config) {
@@ -105,7 +133,40 @@ fn main() -> anyhow::Result<()> {
             print!("{}", toml::to_string(&config)?);
             Ok(())
         }
+        Command::Status(args) => admin_command(args, |addr| async move {
+            print!("{}", cachegrid::admin::cli::status(&addr).await?);
+            Ok(())
+        }),
+        Command::Health(args) => admin_command(args, |addr| async move {
+            cachegrid::admin::cli::health(&addr).await?;
+            println!("ok");
+            Ok(())
+        }),
     }
+}
+
+/// Runs an admin subcommand against the admin address `args` names or the config implies.
+fn admin_command<F, Fut>(args: AdminArgs, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let addr = match args.admin {
+        Some(a) => a,
+        None => {
+            let config =
+                Config::load(args.config.as_deref(), std::collections::BTreeMap::<String, String>::new())
+                    .context("invalid configuration")?;
+            cachegrid::admin::cli::default_admin_addr(&config)?
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if let Err(e) = rt.block_on(f(addr)) {
+        // An operator's error, not a crash: one line, no backtrace, exit status 1.
+        eprintln!("cachegrid: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn run_node(config: Config) -> anyhow::Result<()> {
@@ -119,12 +180,25 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         b
     };
     let rt = rt.enable_all().build().context("cannot start the runtime")?;
+    let config_drain = config.shutdown_drain;
     rt.block_on(async move {
         info!(version = env!("CARGO_PKG_VERSION"), threads = config.threads, "starting cachegrid node");
+        // Handlers first: a SIGTERM that arrives while the node starts must not kill it outright.
+        let mut signals = Signals::new()?;
         let node = Node::start(config).await?;
         let server = node.server.clone();
+        let drain = config_drain;
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signals.recv().await;
+            server.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            if drain > 0 {
+                // Load balancers see /ready fail and move clients away; a second signal cuts it short.
+                info!(seconds = drain, "signal received, draining: /ready answers 503 until shutdown");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(drain)) => {}
+                    _ = signals.recv() => {}
+                }
+            }
             info!("signal received, shutting down");
             server.shutdown.cancel();
         });
@@ -132,11 +206,26 @@ fn run_node(config: Config) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, registered up front.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

@@ -15,6 +15,8 @@ pub struct Node {
     pub server: Arc<Server>,
     /// Where clients connect.
     pub addr: SocketAddr,
+    /// The admin HTTP port (metrics, health, cluster, dashboard).
+    pub admin: Arc<crate::admin::Admin>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -22,10 +24,15 @@ impl Node {
     /// Binds and starts serving on the current tokio runtime.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         let server = Server::new(config);
+        // Bound first: a taken admin port stops the node before it takes clients.
+        let admin_listener = crate::admin::bind(&server).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(server::serve(server.clone(), Some(tx)));
         match rx.await {
-            Ok(addr) => Ok(Node { server, addr, task }),
+            Ok(addr) => {
+                let admin = crate::admin::start(server.clone(), admin_listener)?;
+                Ok(Node { server, addr, admin, task })
+            }
             Err(_) => {
                 task.await??;
                 Err(anyhow::anyhow!("node stopped before listening"))

@@ -342,6 +342,7 @@ pub fn reset_stats(server: &Server) {
     for c in [&k.expired_keys, &k.evicted_keys, &k.hits, &k.misses] {
         c.store(0, Ordering::Relaxed);
     }
+    server.command_stats.reset();
 }
 
 fn resetstat(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {

@@ -294,6 +294,22 @@ pub fn execute(server: &Arc<Server>, client: &mut ClientState, args: Vec<Bytes>)
         }
     };
     server.stats.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stats = &server.command_stats;
+    let call = stats.start(spec);
+    let reply = execute_spec(server, client, spec, args);
+    if let Some(call) = call {
+        stats.finish(call, reply.is_error());
+    }
+    reply
+}
+
+/// [`execute`] once the command is known and counted.
+fn execute_spec(
+    server: &Arc<Server>,
+    client: &mut ClientState,
+    spec: &'static CommandSpec,
+    args: Vec<Bytes>,
+) -> Reply {
     client.info.set_last_command(spec, client.now_ms);
     if !client.authenticated && !spec.has_flag("no-auth") {
         transactions::flag_error_in_multi(client);

@@ -73,6 +73,11 @@ pub struct Server {
     pub addr: RwLock<Option<SocketAddr>>,
     /// CLIENT TRACKING state (also a keyspace change listener).
     pub tracking: Arc<tracking::Tracking>,
+    /// Set when the node is about to stop or leave: it still serves, but the admin port's
+    /// `/ready` answers 503 so orchestrators and load balancers move clients away first.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Calls, errors and sampled latency per command, for the admin port's `/metrics`.
+    pub command_stats: crate::admin::stats::CommandStats,
 }
 
 impl Server {
@@ -109,6 +114,8 @@ impl Server {
             shutdown: CancellationToken::new(),
             addr: RwLock::new(None),
             tracking: Arc::new(tracking::Tracking::default()),
+            draining: Default::default(),
+            command_stats: Default::default(),
         };
         server.keyspace.add_listener(server.tracking.clone());
         server.memory.refresh(0);

@@ -1,0 +1,162 @@
+//! The admin HTTP port (axum): `/metrics` (Prometheus), `/health`, `/ready`, `/cluster` (JSON)
+//! and `/` (a self-contained live dashboard). It runs beside the client port, by default on
+//! the client port + 1000, and is described in `docs/ADMIN.md`. `cli` is the admin side of the
+//! `cachegrid` binary (`status`, `health`), which reads this port.
+
+pub mod cli;
+pub mod cluster;
+pub mod metrics;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::server::Server;
+use cluster::{ClusterSource, ClusterView, LocalNode};
+
+/// The dashboard: one page, no external assets.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Commands per second, measured once a second from the node's command counter.
+#[derive(Default)]
+pub struct OpsRate(AtomicU64);
+
+impl OpsRate {
+    /// The last measured rate.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The admin port's state, shared by its handlers; the grid and write-behind plug their data
+/// in through [`Admin::set_cluster_source`] and [`Admin::add_collector`].
+pub struct Admin {
+    server: Arc<Server>,
+    /// Where the admin port listens.
+    pub addr: SocketAddr,
+    metrics: metrics::Metrics,
+    rate: OpsRate,
+    source: RwLock<Arc<dyn ClusterSource>>,
+}
+
+impl Admin {
+    /// Replaces where `/cluster` gets its list of nodes (the grid installs its membership).
+    pub fn set_cluster_source(&self, source: Arc<dyn ClusterSource>) {
+        *self.source.write() = source;
+    }
+
+    /// Adds figures to `/metrics`.
+    pub fn add_collector(&self, c: Arc<dyn metrics::Collector>) {
+        self.metrics.add_collector(c);
+    }
+
+    /// The `/cluster` document now.
+    pub fn cluster(&self) -> ClusterView {
+        let local = cluster::local_status(&self.server, &self.addr.to_string(), &self.rate);
+        let myself = local.id.clone();
+        let source = self.source.read().clone();
+        ClusterView { myself, slots_total: crate::store::slot::SLOT_COUNT as u32, nodes: source.nodes(local) }
+    }
+
+    /// The `/metrics` text now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.server)
+    }
+}
+
+/// Binds the admin port from the node's configuration; called before the client port opens so
+/// a taken admin port stops the node from starting at all.
+pub async fn bind(server: &Server) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    let (host, port) = server.config.read().admin_addr()?;
+    TcpListener::bind((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port} (admin-bind, admin-port)"))
+}
+
+/// Serves the admin port on `listener` until the node shuts down.
+pub fn start(server: Arc<Server>, listener: TcpListener) -> anyhow::Result<Arc<Admin>> {
+    let addr = listener.local_addr()?;
+    let admin = Arc::new(Admin {
+        server: server.clone(),
+        addr,
+        metrics: metrics::Metrics::new(),
+        rate: OpsRate::default(),
+        source: RwLock::new(Arc::new(LocalNode)),
+    });
+    info!(admin = %addr, "admin HTTP port listening");
+    tokio::spawn(measure_rate(admin.clone()));
+    let app = router(admin.clone());
+    let shutdown = server.shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+            warn!(error = %e, "admin port stopped");
+        }
+    });
+    Ok(admin)
+}
+
+async fn measure_rate(admin: Arc<Admin>) {
+    let stats = &admin.server.stats;
+    let mut last = (Instant::now(), stats.commands.load(Ordering::Relaxed));
+    loop {
+        tokio::select! {
+            _ = admin.server.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let now = (Instant::now(), stats.commands.load(Ordering::Relaxed));
+        let secs = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+        admin.rate.0.store((now.1.saturating_sub(last.1) as f64 / secs).round() as u64, Ordering::Relaxed);
+        last = now;
+    }
+}
+
+/// The admin routes over `admin`.
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/metrics", get(metrics_text))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/cluster", get(cluster_json))
+        .with_state(admin)
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn metrics_text(State(admin): State<Arc<Admin>>) -> Response {
+    let body = admin.render_metrics();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn ready(State(admin): State<Arc<Admin>>) -> (StatusCode, &'static str) {
+    let s = &admin.server;
+    if s.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if s.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}
+
+async fn cluster_json(State(admin): State<Arc<Admin>>) -> Json<ClusterView> {
+    Json(admin.cluster())
+}
