@@ -57,6 +57,14 @@ pub struct Config {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// Postgres connection string for backed key spaces (`CACHEGRID_POSTGRES_URL`); none
+    /// keeps the node a plain in-memory cache.
+    pub postgres_url: Option<String>,
+    /// fsync policy of the write-behind queue on disk: `always`, `everysec` or `no`, as
+    /// Redis's `appendfsync`.
+    pub writebehind_fsync: String,
+    /// Key spaces backed by Postgres (`[[keyspace]]` tables in TOML).
+    pub keyspace: Vec<crate::persistence::KeyspaceConfig>,
 }
 
 impl Default for Config {
@@ -83,6 +91,9 @@ impl Default for Config {
             dir: PathBuf::from("."),
             log_level: "info".into(),
             log_format: "text".into(),
+            postgres_url: None,
+            writebehind_fsync: "everysec".into(),
+            keyspace: Vec::new(),
         }
     }
 }
@@ -136,6 +147,8 @@ impl Config {
         if !(1..=500).contains(&self.hz) {
             return Err(ConfigError::Invalid { name: "hz", reason: "must be between 1 and 500".into() });
         }
+        crate::persistence::validate(self)
+            .map_err(|(name, reason)| ConfigError::Invalid { name, reason })?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 pub mod commands;
 pub mod config;
 pub mod node;
+pub mod persistence;
 pub mod protocol;
 pub mod server;
 pub mod store;

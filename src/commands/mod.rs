@@ -299,6 +299,14 @@ pub fn execute(server: &Arc<Server>, client: &mut ClientState, args: Vec<Bytes>)
         transactions::flag_error_in_multi(client);
         return Reply::error("NOAUTH Authentication required.");
     }
+    if spec.is_write() {
+        if let Some(p) = server.persistence.get() {
+            if let Err(reply) = p.admit(spec, &args) {
+                transactions::flag_error_in_multi(client);
+                return reply;
+            }
+        }
+    }
     if client.in_multi() && !spec.has_flag("allow-in-multi") {
         if spec.has_flag("no-multi") {
             transactions::flag_error_in_multi(client);

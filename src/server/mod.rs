@@ -70,6 +70,8 @@ pub struct Server {
     pub shutdown: CancellationToken,
     /// Where the client port listens.
     pub addr: RwLock<Option<SocketAddr>>,
+    /// Postgres-backed key spaces, when configured (set once at start).
+    pub persistence: std::sync::OnceLock<Arc<crate::persistence::Persistence>>,
 }
 
 impl Server {
@@ -105,6 +107,7 @@ impl Server {
             run_id,
             shutdown: CancellationToken::new(),
             addr: RwLock::new(None),
+            persistence: std::sync::OnceLock::new(),
         };
         server.memory.refresh(0);
         Arc::new(server)

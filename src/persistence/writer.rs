@@ -1,0 +1,357 @@
+//! The writer of one key space: coalesces queued records per key for the write delay, sends
+//! due keys in batches (several in flight, at a bounded row rate), retries while the
+//! database is down, splits batches Postgres rejects and dead-letters the bad record.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_postgres::Client;
+
+use super::config::{KeyspaceConfig, WriteMode};
+use super::postgres::{self, PgError};
+use super::queue::DurableQueue;
+use super::record::Record;
+use super::Shared;
+
+/// Counters INFO reports for one key space.
+#[derive(Default)]
+pub struct WriterStats {
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Rows committed (upserted or deleted).
+    pub rows_written: AtomicU64,
+    /// Records replaced by a newer record of their key before being written.
+    pub rows_coalesced: AtomicU64,
+    /// Batch attempts that failed (database down or content rejected).
+    pub failures: AtomicU64,
+    /// Records moved to the dead-letter table.
+    pub dead_letters: AtomicU64,
+}
+
+struct Pend {
+    rec: Record,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Coalescer {
+    map: HashMap<Vec<u8>, Pend>,
+    /// Keys in the order they became pending, with the time they are due.
+    order: VecDeque<(Instant, Vec<u8>)>,
+    /// Keys with a batch in flight: their next record waits, so one key's writes never race.
+    inflight: HashSet<Vec<u8>>,
+    /// Versions not yet committed (pending or in flight).
+    outstanding: BTreeSet<u64>,
+    max_ingested: u64,
+}
+
+impl Coalescer {
+    fn watermark(&self) -> u64 {
+        self.outstanding.first().map_or(self.max_ingested, |v| v - 1)
+    }
+}
+
+/// A Postgres table and whether its schema has been made sure of.
+pub struct Table {
+    /// The table name.
+    pub name: String,
+    ready: AtomicBool,
+}
+
+impl Table {
+    /// `name`, schema not yet checked.
+    pub fn new(name: String) -> Table {
+        Table { name, ready: AtomicBool::new(false) }
+    }
+
+    /// A connection, creating the schema on first use.
+    pub async fn client(&self, shared: &Shared) -> Result<Client, PgError> {
+        let c = shared.pool.get().await?;
+        if !self.ready.load(Ordering::Acquire) {
+            postgres::ensure_schema(&c, &self.name).await?;
+            self.ready.store(true, Ordering::Release);
+        }
+        Ok(c)
+    }
+}
+
+/// The writer of one key space.
+pub struct Writer {
+    /// Its configuration.
+    pub cfg: KeyspaceConfig,
+    /// Its table.
+    pub table: Arc<Table>,
+    /// Its durable queue.
+    pub queue: Arc<DurableQueue>,
+    /// Counters.
+    pub stats: WriterStats,
+    state: Mutex<Coalescer>,
+    committed: watch::Sender<u64>,
+    wake: Notify,
+    flush_all: AtomicBool,
+}
+
+struct Done(Vec<Record>);
+
+impl Writer {
+    /// A writer for `cfg` fed by `queue`.
+    pub fn new(cfg: KeyspaceConfig, table: Arc<Table>, queue: Arc<DurableQueue>) -> Writer {
+        Writer {
+            cfg,
+            table,
+            queue,
+            stats: WriterStats::default(),
+            state: Mutex::new(Coalescer::default()),
+            committed: watch::channel(0).0,
+            wake: Notify::new(),
+            flush_all: AtomicBool::new(false),
+        }
+    }
+
+    fn delay(&self) -> Duration {
+        if self.cfg.mode == WriteMode::WriteThrough {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(self.cfg.write_delay_ms)
+        }
+    }
+
+    /// Takes records (in version order) into the coalescing map.
+    pub fn ingest(&self, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due = now + self.delay();
+        let mut s = self.state.lock();
+        for r in records {
+            s.max_ingested = s.max_ingested.max(r.version);
+            s.outstanding.insert(r.version);
+            if let Some(p) = s.map.get_mut(&r.key) {
+                let old = std::mem::replace(&mut p.rec, r).version;
+                s.outstanding.remove(&old);
+                self.stats.rows_coalesced.fetch_add(1, Ordering::Relaxed);
+            } else {
+                s.order.push_back((due, r.key.clone()));
+                s.map.insert(r.key.clone(), Pend { rec: r, since: now });
+            }
+        }
+        if s.outstanding.is_empty() {
+            let w = s.watermark();
+            drop(s);
+            self.committed.send_replace(w);
+        }
+    }
+
+    fn take_due(&self, now: Instant, limit: usize) -> Vec<Record> {
+        let all = self.flush_all.load(Ordering::Relaxed);
+        let mut s = self.state.lock();
+        let mut batch = Vec::new();
+        let mut deferred = Vec::new();
+        while batch.len() < limit {
+            match s.order.front() {
+                Some((due, _)) if all || *due <= now => {}
+                _ => break,
+            }
+            let (due, key) = s.order.pop_front().expect("checked");
+            if s.inflight.contains(&key) {
+                deferred.push((due, key));
+                continue;
+            }
+            if let Some(p) = s.map.remove(&key) {
+                s.inflight.insert(key);
+                batch.push(p.rec);
+            }
+        }
+        for d in deferred.into_iter().rev() {
+            s.order.push_front(d);
+        }
+        batch
+    }
+
+    fn finish(&self, batch: &[Record]) {
+        let w = {
+            let mut s = self.state.lock();
+            for r in batch {
+                s.outstanding.remove(&r.version);
+                s.inflight.remove(&r.key);
+            }
+            s.watermark()
+        };
+        self.committed.send_replace(w);
+        self.queue.release(w);
+    }
+
+    /// Keys waiting or in flight, and the age of the oldest, for INFO.
+    pub fn pending(&self) -> (usize, Duration) {
+        let s = self.state.lock();
+        let oldest = s.order.front().and_then(|(_, k)| s.map.get(k)).map(|p| p.since.elapsed());
+        (s.map.len() + s.inflight.len(), oldest.unwrap_or_default())
+    }
+
+    /// Waits until every record up to `version` is committed (or dead-lettered).
+    pub async fn committed(&self, version: u64) {
+        self.wake.notify_one();
+        let mut rx = self.committed.subscribe();
+        let _ = rx.wait_for(|w| *w >= version).await;
+    }
+
+    /// Makes every pending key due now (shutdown, tests).
+    pub fn flush_now(&self) {
+        self.flush_all.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// The writer's loop; returns when `shared.stop` fires.
+    pub async fn run(self: Arc<Self>, shared: Arc<Shared>) {
+        let tick = Duration::from_millis((self.cfg.write_delay_ms / 4).clamp(5, 50));
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut inflight = 0usize;
+        let mut next_allowed = Instant::now();
+        let row_cost = Duration::from_secs_f64(1.0 / self.cfg.max_rows_per_sec as f64);
+        loop {
+            tokio::select! {
+                _ = shared.stop.cancelled() => return,
+                _ = tokio::time::sleep(tick) => {}
+                _ = self.wake.notified() => {}
+                Some(Done(batch)) = done_rx.recv() => {
+                    inflight -= 1;
+                    self.finish(&batch);
+                }
+            }
+            while let Ok(Done(batch)) = done_rx.try_recv() {
+                inflight -= 1;
+                self.finish(&batch);
+            }
+            self.queue.write_pending();
+            self.ingest(self.queue.take_ready());
+            let now = Instant::now();
+            while inflight < self.cfg.max_inflight_batches && now >= next_allowed {
+                let batch = self.take_due(now, self.cfg.batch_size);
+                if batch.is_empty() {
+                    break;
+                }
+                next_allowed = next_allowed.max(now) + row_cost * batch.len() as u32;
+                inflight += 1;
+                let (me, shared, tx) = (self.clone(), shared.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    me.deliver(&shared, batch.clone()).await;
+                    let _ = tx.send(Done(batch));
+                });
+            }
+        }
+    }
+
+    /// Writes `batch` until every record is committed or dead-lettered. A database that is
+    /// down is waited out; content Postgres rejects is narrowed down by splitting.
+    async fn deliver(&self, shared: &Shared, batch: Vec<Record>) {
+        let mut work = vec![batch];
+        let mut down_attempts = 0u32;
+        while let Some(b) = work.pop() {
+            let mut content_attempts = 0;
+            loop {
+                if shared.stop.is_cancelled() {
+                    return;
+                }
+                let result = match self.table.client(shared).await {
+                    Ok(mut c) => {
+                        let r = postgres::write_batch(&mut c, &self.table.name, &b).await;
+                        if !matches!(r, Err(PgError::Down(_))) {
+                            shared.pool.put(c);
+                        }
+                        r
+                    }
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => {
+                        shared.health.mark_up();
+                        down_attempts = 0;
+                        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                        self.stats.rows_written.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(PgError::Down(e)) => {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        shared.health.mark_down(&e);
+                        tokio::time::sleep(super::health::backoff(down_attempts)).await;
+                        down_attempts += 1;
+                    }
+                    Err(PgError::Content(e)) => {
+                        shared.health.mark_up();
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        if b.len() > 1 {
+                            let mut first = b;
+                            let second = first.split_off(first.len() / 2);
+                            work.push(second);
+                            work.push(first);
+                            break;
+                        }
+                        content_attempts += 1;
+                        if content_attempts < 3 {
+                            tokio::time::sleep(Duration::from_millis(20 * content_attempts)).await;
+                            continue;
+                        }
+                        self.dead_letter(shared, &b[0], &e).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, shared: &Shared, r: &Record, error: &str) {
+        let mut attempt = 0;
+        loop {
+            if shared.stop.is_cancelled() {
+                return;
+            }
+            let result = match self.table.client(shared).await {
+                Ok(c) => {
+                    let r = postgres::dead_letter(&c, &self.table.name, r, error).await;
+                    shared.pool.put(c);
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(key = %String::from_utf8_lossy(&r.key), table = %self.table.name, error, "write moved to the dead-letter table");
+                    return;
+                }
+                Err(e) => {
+                    if let PgError::Down(e) = &e {
+                        shared.health.mark_down(e);
+                    } else {
+                        tracing::error!(error = %e, "cannot write a dead letter; retrying");
+                    }
+                    tokio::time::sleep(super::health::backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Deletes rows whose TTL passed, every `period`, while the node runs.
+    pub async fn cleanup(self: Arc<Self>, shared: Arc<Shared>, period: Duration) {
+        loop {
+            tokio::select! {
+                _ = shared.stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            if let Ok(c) = self.table.client(&shared).await {
+                if let Ok(n) = postgres::delete_expired(&c, &self.table.name).await {
+                    if n > 0 {
+                        tracing::debug!(rows = n, table = %self.table.name, "deleted expired rows");
+                    }
+                }
+                shared.pool.put(c);
+            }
+        }
+    }
+}
