@@ -275,10 +275,12 @@ impl Persistence {
             let mut empty = true;
             for w in self.spaces.iter().filter_map(|s| s.writer.as_ref()) {
                 w.queue.write_pending();
+                w.pump();
                 w.flush_now();
                 empty &= w.pending().0 == 0 && !w.queue.has_pending();
             }
             if empty {
+                self.spaces.iter().filter_map(|s| s.writer.as_ref()).for_each(|w| w.flush_done());
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {

@@ -120,14 +120,26 @@ impl Writer {
         }
     }
 
+    /// Moves records written to disk into the coalescing map. The queue is read under the
+    /// map's lock, so records of one key are taken in version order whoever calls this.
+    pub fn pump(&self) {
+        let mut s = self.state.lock();
+        let records = self.queue.take_ready();
+        self.ingest_locked(&mut s, records);
+    }
+
     /// Takes records (in version order) into the coalescing map.
     pub fn ingest(&self, records: Vec<Record>) {
+        let mut s = self.state.lock();
+        self.ingest_locked(&mut s, records);
+    }
+
+    fn ingest_locked(&self, s: &mut Coalescer, records: Vec<Record>) {
         if records.is_empty() {
             return;
         }
         let now = Instant::now();
         let due = now + self.delay();
-        let mut s = self.state.lock();
         for r in records {
             s.max_ingested = s.max_ingested.max(r.version);
             s.outstanding.insert(r.version);
@@ -141,9 +153,7 @@ impl Writer {
             }
         }
         if s.outstanding.is_empty() {
-            let w = s.watermark();
-            drop(s);
-            self.committed.send_replace(w);
+            self.committed.send_replace(s.watermark());
         }
     }
 
@@ -206,6 +216,11 @@ impl Writer {
         self.wake.notify_one();
     }
 
+    /// Goes back to honouring the write delay after [`Writer::flush_now`].
+    pub fn flush_done(&self) {
+        self.flush_all.store(false, Ordering::Relaxed);
+    }
+
     /// The writer's loop; returns when `shared.stop` fires.
     pub async fn run(self: Arc<Self>, shared: Arc<Shared>) {
         let tick = Duration::from_millis((self.cfg.write_delay_ms / 4).clamp(5, 50));
@@ -228,7 +243,7 @@ impl Writer {
                 self.finish(&batch);
             }
             self.queue.write_pending();
-            self.ingest(self.queue.take_ready());
+            self.pump();
             let now = Instant::now();
             while inflight < self.cfg.max_inflight_batches && now >= next_allowed {
                 let batch = self.take_due(now, self.cfg.batch_size);
