@@ -147,8 +147,7 @@ impl Config {
         if !(1..=500).contains(&self.hz) {
             return Err(ConfigError::Invalid { name: "hz", reason: "must be between 1 and 500".into() });
         }
-        crate::persistence::validate(self)
-            .map_err(|(name, reason)| ConfigError::Invalid { name, reason })?;
+        crate::persistence::validate(self).map_err(|(name, reason)| ConfigError::Invalid { name, reason })?;
         Ok(())
     }
 }

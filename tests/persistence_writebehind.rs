@@ -13,7 +13,11 @@ use cachegrid::persistence::{KeyspaceConfig, WriteMode};
 use common::TestNode;
 use postgres::{count, decode_hash, exec, keyspace_info, rows, unique_table, MACHINE_URL};
 
-fn backed_node(table: &str, pattern: &str, tweak: impl FnOnce(&mut KeyspaceConfig)) -> (TestNode, tempfile::TempDir) {
+fn backed_node(
+    table: &str,
+    pattern: &str,
+    tweak: impl FnOnce(&mut KeyspaceConfig),
+) -> (TestNode, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut ks = KeyspaceConfig {
         name: "ks".into(),
@@ -48,7 +52,10 @@ fn info(node: &TestNode) -> std::collections::HashMap<String, String> {
 }
 
 /// The grid's live state of keys matching `pattern`: key → (type, value or sorted hash).
-async fn grid_state(con: &mut redis::aio::MultiplexedConnection, pattern: &str) -> BTreeMap<String, (String, Vec<u8>)> {
+async fn grid_state(
+    con: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> BTreeMap<String, (String, Vec<u8>)> {
     let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(con).await.unwrap();
     let mut out = BTreeMap::new();
     for chunk in keys.chunks(1000) {
@@ -229,7 +236,10 @@ async fn a_poison_record_goes_to_the_dead_letter_table_alone() {
     flush(&node);
     assert_eq!(count(MACHINE_URL, &table), 399, "every other record of the batch is written");
     let dl = format!("{table}_dead_letters");
-    assert_eq!(count(MACHINE_URL, &format!("{dl} WHERE key = 'p:123'::bytea AND value = 'poison'::bytea")), 1);
+    assert_eq!(
+        count(MACHINE_URL, &format!("{dl} WHERE key = 'p:123'::bytea AND value = 'poison'::bytea")),
+        1
+    );
     assert_eq!(count(MACHINE_URL, &format!("{dl} WHERE error LIKE '%check constraint%'")), 1);
     let i = info(&node);
     assert_eq!(i["dead_letters"], "1");

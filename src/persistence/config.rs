@@ -120,7 +120,10 @@ pub fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     let mut names = std::collections::HashSet::new();
     for ks in &config.keyspace {
         if ks.name.is_empty() || !ks.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(("keyspace.name", format!("'{}' must be non-empty letters, digits, - or _", ks.name)));
+            return Err((
+                "keyspace.name",
+                format!("'{}' must be non-empty letters, digits, - or _", ks.name),
+            ));
         }
         if !names.insert(ks.name.clone()) {
             return Err(("keyspace.name", format!("'{}' is configured twice", ks.name)));
@@ -167,7 +170,10 @@ mod tests {
             let c = Config::load(Some(&file), std::collections::BTreeMap::<String, String>::new()).unwrap();
             assert_eq!(c.postgres_url.as_deref(), Some("host=127.0.0.1 dbname=test"));
             let ks = &c.keyspace[0];
-            assert_eq!((ks.name.as_str(), ks.mode, ks.read_through), ("sessions", WriteMode::WriteThrough, true));
+            assert_eq!(
+                (ks.name.as_str(), ks.mode, ks.read_through),
+                ("sessions", WriteMode::WriteThrough, true)
+            );
             assert_eq!((ks.write_delay_ms, ks.batch_size, ks.queue_max_bytes), (1000, 500, 64 << 20));
             Ok(())
         });

@@ -50,7 +50,10 @@ impl Health {
         if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
             self.changes.fetch_add(1, Ordering::Relaxed);
             self.since_ms.store(crate::store::clock::now_ms(), Ordering::Relaxed);
-            tracing::warn!(error, "postgres is unreachable: writes wait in the durable queue, retrying with backoff");
+            tracing::warn!(
+                error,
+                "postgres is unreachable: writes wait in the durable queue, retrying with backoff"
+            );
         }
     }
 

@@ -90,7 +90,9 @@ impl Persistence {
         let config = server.config.read().clone();
         let Some(url) = config.postgres_url.clone() else {
             if !config.keyspace.is_empty() {
-                tracing::warn!("key spaces are configured but postgres-url is not: the node is a plain cache");
+                tracing::warn!(
+                    "key spaces are configured but postgres-url is not: the node is a plain cache"
+                );
             }
             return Ok(None);
         };
@@ -98,8 +100,11 @@ impl Persistence {
             return Ok(None);
         }
         let fsync = FsyncPolicy::parse(&config.writebehind_fsync).unwrap_or(FsyncPolicy::EverySec);
-        let shared =
-            Arc::new(Shared { pool: Pool::new(url), health: Health::default(), stop: CancellationToken::new() });
+        let shared = Arc::new(Shared {
+            pool: Pool::new(url),
+            health: Health::default(),
+            stop: CancellationToken::new(),
+        });
         // Versions start above anything written before: the clock in microseconds, the queue's
         // records and the tables' rows (when reachable).
         let mut max_version = crate::store::clock::now_ms() * 1000;
@@ -130,11 +135,17 @@ impl Persistence {
                 w.ingest(replayed);
                 Some(Arc::new(w))
             };
-            let loader = cfg.read_through.then(|| Loader::new(table, Duration::from_millis(cfg.negative_ttl_ms)));
+            let loader =
+                cfg.read_through.then(|| Loader::new(table, Duration::from_millis(cfg.negative_ttl_ms)));
             spaces.push(Space { cfg: cfg.clone(), writer, loader });
         }
         let read_through = spaces.iter().any(|s| s.loader.is_some());
-        let p = Arc::new(Persistence { spaces, shared: shared.clone(), versions: AtomicU64::new(max_version), read_through });
+        let p = Arc::new(Persistence {
+            spaces,
+            shared: shared.clone(),
+            versions: AtomicU64::new(max_version),
+            read_through,
+        });
         for w in p.spaces.iter().filter_map(|s| s.writer.clone()) {
             tokio::spawn(w.clone().run(shared.clone()));
             tokio::spawn(w.clone().cleanup(shared.clone(), Duration::from_secs(30)));
@@ -294,7 +305,9 @@ impl Persistence {
     /// durable queue (fsynced) for the next start.
     pub async fn shutdown(&self, timeout: Duration) {
         if !self.flush(timeout).await {
-            tracing::warn!("stopping with writes still queued: they are on disk and replayed at the next start");
+            tracing::warn!(
+                "stopping with writes still queued: they are on disk and replayed at the next start"
+            );
         }
         self.shared.stop.cancel();
         for w in self.spaces.iter().filter_map(|s| s.writer.as_ref()) {
@@ -317,7 +330,8 @@ impl Persistence {
                 WriteMode::WriteThrough => "write-through",
                 WriteMode::None => "none",
             };
-            let mut f = format!("mode={mode},table={},read_through={}", s.cfg.table, s.cfg.read_through as u8);
+            let mut f =
+                format!("mode={mode},table={},read_through={}", s.cfg.table, s.cfg.read_through as u8);
             if let Some(w) = &s.writer {
                 let (keys, oldest) = w.pending();
                 let st = &w.stats;

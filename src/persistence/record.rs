@@ -5,8 +5,8 @@
 //! hash's own order: binary-safe (fields and values may hold any byte, unlike `jsonb`/`hstore`
 //! text), and decodable by any client in a few lines.
 
-use crate::store::{HashValue, Value};
 use crate::store::value::HashLimits;
+use crate::store::{HashValue, Value};
 
 /// Redis type of a stored value, as the `type` column says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]

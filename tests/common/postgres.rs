@@ -42,7 +42,9 @@ pub fn exec(url: &str, sql: &str) {
 
 /// `SELECT count(*)` of a query's rows.
 pub fn count(url: &str, from_where: &str) -> i64 {
-    with_pg(url, async |c| c.query_one(&format!("SELECT count(*) FROM {from_where}"), &[]).await.unwrap().get(0))
+    with_pg(url, async |c| {
+        c.query_one(&format!("SELECT count(*) FROM {from_where}"), &[]).await.unwrap().get(0)
+    })
 }
 
 /// Every (key, value, type, expires_at in ms) row of `table`, sorted by key.
@@ -56,7 +58,12 @@ pub fn rows(url: &str, table: &str) -> Vec<(String, Vec<u8>, String, Option<i64>
 }
 
 fn bin(name: &str) -> PathBuf {
-    for dir in ["/usr/local/bin", "/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"] {
+    for dir in [
+        "/usr/local/bin",
+        "/usr/lib/postgresql/17/bin",
+        "/usr/lib/postgresql/16/bin",
+        "/usr/lib/postgresql/15/bin",
+    ] {
         let p = Path::new(dir).join(name);
         if p.exists() {
             return p;
@@ -148,7 +155,8 @@ impl ThrowawayPostgres {
         if pid.is_empty() {
             return;
         }
-        let children = Command::new("pgrep").args(["-P", &pid]).output().map(|o| o.stdout).unwrap_or_default();
+        let children =
+            Command::new("pgrep").args(["-P", &pid]).output().map(|o| o.stdout).unwrap_or_default();
         let _ = Command::new("kill").args(["-KILL", &pid]).status();
         for child in String::from_utf8_lossy(&children).split_whitespace() {
             let _ = Command::new("kill").args(["-KILL", child]).status();
