@@ -113,6 +113,11 @@ fn a_miss_while_the_database_is_unreachable_is_a_clear_error() {
     let mut raw = node.raw();
     let reply = raw.cmd_str(&["GET", "rt:x"]);
     assert!(reply.starts_with("-TRYAGAIN read-through of key space 'rt' failed"), "{reply}");
+    assert!(raw.cmd_str(&["HGET", "rt:x", "f"]).starts_with("-TRYAGAIN read-through"));
+    // A plain SET needs no load: backed keys can still be written (they are queued), and
+    // then read from memory.
+    assert_eq!(raw.cmd_str(&["SET", "rt:x", "1"]), "+OK\r\n");
+    assert_eq!(raw.cmd_str(&["GET", "rt:x"]), "$1\r\n1\r\n");
     assert_eq!(raw.cmd_str(&["SET", "plain", "1"]), "+OK\r\n");
     assert_eq!(raw.cmd_str(&["GET", "plain"]), "$1\r\n1\r\n");
     let info = raw.cmd_str(&["INFO", "persistence"]);

@@ -21,6 +21,8 @@ pub struct Health {
     pub changes: AtomicU64,
     /// Unix ms of the last transition.
     pub since_ms: AtomicU64,
+    /// Unix ms of the last failed attempt.
+    last_failure_ms: AtomicU64,
 }
 
 impl Default for Health {
@@ -30,6 +32,7 @@ impl Default for Health {
             last_error: Mutex::new(String::new()),
             changes: AtomicU64::new(0),
             since_ms: AtomicU64::new(crate::store::clock::now_ms()),
+            last_failure_ms: AtomicU64::new(0),
         }
     }
 }
@@ -47,6 +50,7 @@ impl Health {
     /// The database could not be reached.
     pub fn mark_down(&self, error: &str) {
         *self.last_error.lock() = error.to_string();
+        self.last_failure_ms.store(crate::store::clock::now_ms(), Ordering::Relaxed);
         if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
             self.changes.fetch_add(1, Ordering::Relaxed);
             self.since_ms.store(crate::store::clock::now_ms(), Ordering::Relaxed);
@@ -60,6 +64,14 @@ impl Health {
     /// Whether the last attempt reached the database (false until one has).
     pub fn is_up(&self) -> bool {
         self.state.load(Ordering::Acquire) == UP
+    }
+
+    /// Whether the database was found down within the last `ms` milliseconds: callers that
+    /// must answer quickly (read-through misses) then fail at once instead of waiting for a
+    /// connect timeout; the writers keep probing and flip the state back.
+    pub fn recently_down(&self, ms: u64) -> bool {
+        self.state.load(Ordering::Acquire) == DOWN
+            && crate::store::clock::now_ms().saturating_sub(self.last_failure_ms.load(Ordering::Relaxed)) < ms
     }
 
     /// `up`, `down` or `unknown`, for INFO.

@@ -68,6 +68,10 @@ impl Loader {
     /// Loads `key`: the row, `None` if absent or expired, or the error when the database is
     /// unreachable. One query however many callers ask at once.
     pub async fn load(&self, shared: &Shared, key: &[u8]) -> Result<Option<Arc<Loaded>>, String> {
+        if shared.health.recently_down(1000) {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(format!("postgres unavailable: {}", shared.health.last_error()));
+        }
         let flight = self.flights.lock().entry(key.to_vec()).or_default().clone();
         let result = flight
             .get_or_init(|| async {

@@ -219,6 +219,9 @@ impl Persistence {
         let Keys::Range { .. } = spec.keys else {
             return Ok(());
         };
+        if overwrites(spec, args) {
+            return Ok(());
+        }
         for i in spec.keys.positions(args.len()) {
             let key = &args[i];
             let Some((_, space)) = self.space_of(key) else { continue };
@@ -304,7 +307,9 @@ impl Persistence {
     /// Stops the writers after trying to flush for up to `timeout`; what is left stays in the
     /// durable queue (fsynced) for the next start.
     pub async fn shutdown(&self, timeout: Duration) {
-        if !self.flush(timeout).await {
+        // With the database down a flush cannot succeed: do not hold the shutdown up.
+        let drained = self.shared.health.is_up() && self.flush(timeout).await;
+        if !drained && self.spaces.iter().filter_map(|s| s.writer.as_ref()).any(|w| w.pending().0 > 0) {
             tracing::warn!(
                 "stopping with writes still queued: they are on disk and replayed at the next start"
             );
@@ -362,6 +367,19 @@ impl Persistence {
             }
             let _ = write!(out, "keyspace_{name}:{f}\r\n");
         }
+    }
+}
+
+/// Whether the command replaces its keys whatever they held (plain SET, SETEX, PSETEX, MSET):
+/// it needs no read-through load, so such writes keep working while Postgres is down.
+fn overwrites(spec: &CommandSpec, args: &[Bytes]) -> bool {
+    match spec.name {
+        "setex" | "psetex" | "mset" => true,
+        "set" => args[3..].iter().all(|a| {
+            let a = a.to_ascii_lowercase();
+            !matches!(a.as_slice(), b"nx" | b"xx" | b"get" | b"keepttl")
+        }),
+        _ => false,
     }
 }
 

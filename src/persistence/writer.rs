@@ -95,7 +95,8 @@ pub struct Writer {
     flush_all: AtomicBool,
 }
 
-struct Done(Vec<Record>);
+/// A delivered batch: (version, key) of each record.
+struct Done(Vec<(u64, Vec<u8>)>);
 
 impl Writer {
     /// A writer for `cfg` fed by `queue`.
@@ -183,12 +184,12 @@ impl Writer {
         batch
     }
 
-    fn finish(&self, batch: &[Record]) {
+    fn finish(&self, batch: &[(u64, Vec<u8>)]) {
         let w = {
             let mut s = self.state.lock();
-            for r in batch {
-                s.outstanding.remove(&r.version);
-                s.inflight.remove(&r.key);
+            for (version, key) in batch {
+                s.outstanding.remove(version);
+                s.inflight.remove(key);
             }
             s.watermark()
         };
@@ -253,9 +254,10 @@ impl Writer {
                 next_allowed = next_allowed.max(now) + row_cost * batch.len() as u32;
                 inflight += 1;
                 let (me, shared, tx) = (self.clone(), shared.clone(), done_tx.clone());
+                let ids = batch.iter().map(|r| (r.version, r.key.clone())).collect();
                 tokio::spawn(async move {
-                    me.deliver(&shared, batch.clone()).await;
-                    let _ = tx.send(Done(batch));
+                    me.deliver(&shared, batch).await;
+                    let _ = tx.send(Done(ids));
                 });
             }
         }
