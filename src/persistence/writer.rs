@@ -2,7 +2,7 @@
 //! due keys in batches (several in flight, at a bounded row rate), retries while the
 //! database is down, splits batches Postgres rejects and dead-letters the bad record.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,24 +34,46 @@ pub struct WriterStats {
 
 struct Pend {
     rec: Record,
+    /// Position in [`Coalescer::ring`].
+    seq: u64,
     since: Instant,
 }
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Coalescer {
-    map: HashMap<Vec<u8>, Pend>,
+    map: FastMap<Vec<u8>, Pend>,
     /// Keys in the order they became pending, with the time they are due.
     order: VecDeque<(Instant, Vec<u8>)>,
     /// Keys with a batch in flight: their next record waits, so one key's writes never race.
-    inflight: HashSet<Vec<u8>>,
-    /// Versions not yet committed (pending or in flight).
-    outstanding: BTreeSet<u64>,
+    inflight: HashSet<Vec<u8>, foldhash::fast::RandomState>,
+    /// Every ingested record in version order, with whether it is done (committed or
+    /// superseded); entry `i` has sequence number `ring_base + i`. Done entries are popped
+    /// from the front, so the front is the oldest record not yet committed.
+    ring: VecDeque<(u64, bool)>,
+    ring_base: u64,
     max_ingested: u64,
 }
 
 impl Coalescer {
+    fn push(&mut self, version: u64) -> u64 {
+        self.ring.push_back((version, false));
+        self.ring_base + self.ring.len() as u64 - 1
+    }
+
+    fn done(&mut self, seq: u64) {
+        if let Some(e) = seq.checked_sub(self.ring_base).and_then(|i| self.ring.get_mut(i as usize)) {
+            e.1 = true;
+        }
+        while self.ring.front().is_some_and(|e| e.1) {
+            self.ring.pop_front();
+            self.ring_base += 1;
+        }
+    }
+
     fn watermark(&self) -> u64 {
-        self.outstanding.first().map_or(self.max_ingested, |v| v - 1)
+        self.ring.front().map_or(self.max_ingested, |(v, _)| v - 1)
     }
 }
 
@@ -95,7 +117,7 @@ pub struct Writer {
     flush_all: AtomicBool,
 }
 
-/// A delivered batch: (version, key) of each record.
+/// A delivered batch: (sequence number, key) of each record.
 struct Done(Vec<(u64, Vec<u8>)>);
 
 impl Writer {
@@ -141,24 +163,27 @@ impl Writer {
         }
         let now = Instant::now();
         let due = now + self.delay();
+        let mut coalesced = 0;
         for r in records {
             s.max_ingested = s.max_ingested.max(r.version);
-            s.outstanding.insert(r.version);
+            let seq = s.push(r.version);
             if let Some(p) = s.map.get_mut(&r.key) {
-                let old = std::mem::replace(&mut p.rec, r).version;
-                s.outstanding.remove(&old);
-                self.stats.rows_coalesced.fetch_add(1, Ordering::Relaxed);
+                let old = std::mem::replace(&mut p.seq, seq);
+                p.rec = r;
+                s.done(old);
+                coalesced += 1;
             } else {
                 s.order.push_back((due, r.key.clone()));
-                s.map.insert(r.key.clone(), Pend { rec: r, since: now });
+                s.map.insert(r.key.clone(), Pend { rec: r, seq, since: now });
             }
         }
-        if s.outstanding.is_empty() {
+        self.stats.rows_coalesced.fetch_add(coalesced, Ordering::Relaxed);
+        if s.ring.is_empty() {
             self.committed.send_replace(s.watermark());
         }
     }
 
-    fn take_due(&self, now: Instant, limit: usize) -> Vec<Record> {
+    fn take_due(&self, now: Instant, limit: usize) -> Vec<(u64, Record)> {
         let all = self.flush_all.load(Ordering::Relaxed);
         let mut s = self.state.lock();
         let mut batch = Vec::new();
@@ -175,7 +200,7 @@ impl Writer {
             }
             if let Some(p) = s.map.remove(&key) {
                 s.inflight.insert(key);
-                batch.push(p.rec);
+                batch.push((p.seq, p.rec));
             }
         }
         for d in deferred.into_iter().rev() {
@@ -187,8 +212,8 @@ impl Writer {
     fn finish(&self, batch: &[(u64, Vec<u8>)]) {
         let w = {
             let mut s = self.state.lock();
-            for (version, key) in batch {
-                s.outstanding.remove(version);
+            for (seq, key) in batch {
+                s.done(*seq);
                 s.inflight.remove(key);
             }
             s.watermark()
@@ -254,7 +279,8 @@ impl Writer {
                 next_allowed = next_allowed.max(now) + row_cost * batch.len() as u32;
                 inflight += 1;
                 let (me, shared, tx) = (self.clone(), shared.clone(), done_tx.clone());
-                let ids = batch.iter().map(|r| (r.version, r.key.clone())).collect();
+                let (ids, batch): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|(seq, r)| ((seq, r.key.clone()), r)).unzip();
                 tokio::spawn(async move {
                     me.deliver(&shared, batch).await;
                     let _ = tx.send(Done(ids));
@@ -370,5 +396,43 @@ impl Writer {
                 shared.pool.put(c);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persistence::config::FsyncPolicy;
+    use crate::persistence::record::{Kind, Op};
+
+    fn rec(version: u64, key: &str) -> Record {
+        let op = Op::Put { kind: Kind::Str, value: version.to_string().into_bytes(), expires_at_ms: None };
+        Record { version, key: key.into(), slot: 0, op }
+    }
+
+    #[test]
+    fn the_last_write_of_a_key_wins_and_a_key_is_never_in_flight_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = DurableQueue::open(dir.path(), FsyncPolicy::No).unwrap();
+        let cfg = KeyspaceConfig { write_delay_ms: 0, ..KeyspaceConfig::default() };
+        let w = Writer::new(cfg, Arc::new(Table::new("t".into())), Arc::new(q));
+        w.ingest(vec![rec(1, "a"), rec(2, "b"), rec(3, "a")]);
+        let now = Instant::now() + Duration::from_millis(1);
+        let batch = w.take_due(now, 10);
+        assert_eq!(batch.iter().map(|(_, r)| r.version).collect::<Vec<_>>(), vec![3, 2]);
+        let seq_of = |v: u64| batch.iter().find(|(_, r)| r.version == v).unwrap().0;
+        let (a3, b2) = (seq_of(3), seq_of(2));
+        assert_eq!(w.stats.rows_coalesced.load(Ordering::Relaxed), 1);
+        // A newer write of `a` waits while `a` is in flight.
+        w.ingest(vec![rec(4, "a")]);
+        assert!(w.take_due(now, 10).is_empty());
+        w.finish(&[(a3, b"a".to_vec())]);
+        assert_eq!(*w.committed.borrow(), 1, "version 2 is still in flight");
+        w.finish(&[(b2, b"b".to_vec())]);
+        assert_eq!(*w.committed.borrow(), 3);
+        let next = w.take_due(now, 10);
+        assert_eq!(next.iter().map(|(_, r)| r.version).collect::<Vec<_>>(), vec![4]);
+        w.finish(&[(next[0].0, b"a".to_vec())]);
+        assert_eq!(*w.committed.borrow(), 4);
     }
 }
