@@ -106,6 +106,13 @@ for _ in $(seq 1 "$REPS"); do p99 "$BACKED_PORT" "$LAT_N" >>"$WORK/up.p99"; done
 pg_kill
 sleep 1
 for _ in $(seq 1 "$REPS"); do p99 "$BACKED_PORT" "$LAT_N" >>"$WORK/down.p99"; done
+# Throughput with the queue only (Postgres down): the node's own cost, without Postgres's CPU.
+: >"$WORK/queue.rps"; : >"$WORK/plain2.rps"
+for _ in $(seq 1 "$REPS"); do
+  rps "$PLAIN_PORT" >>"$WORK/plain2.rps"
+  rps "$BACKED_PORT" >>"$WORK/queue.rps"
+done
+PLAIN2_RPS=$(median <"$WORK/plain2.rps"); QUEUE_RPS=$(median <"$WORK/queue.rps")
 STATUS_DOWN=$(redis-cli -p "$BACKED_PORT" info persistence | sed -n 's/^postgres_status://p' | tr -d '\r')
 QUEUED=$(field queue_bytes)
 pg_start
@@ -114,14 +121,15 @@ wait_drained
 T1=$(date +%s.%N)
 UP_P99=$(median <"$WORK/up.p99"); DOWN_P99=$(median <"$WORK/down.p99")
 
-python3 - "$PLAIN_RPS" "$BACKED_RPS" "$N" "$W0" "$W1" "$UP_P99" "$DOWN_P99" "$STATUS_DOWN" "$QUEUED" "$T0" "$T1" <<'PY' | tee ${OUT:+"$OUT"}
+python3 - "$PLAIN_RPS" "$BACKED_RPS" "$N" "$W0" "$W1" "$UP_P99" "$DOWN_P99" "$STATUS_DOWN" "$QUEUED" "$T0" "$T1" "$PLAIN2_RPS" "$QUEUE_RPS" <<'PY' | tee ${OUT:+"$OUT"}
 import sys
-plain, backed, n, w0, w1, up, down, status, queued, t0, t1 = sys.argv[1:]
-plain, backed, up, down = float(plain), float(backed), float(up), float(down)
+plain, backed, n, w0, w1, up, down, status, queued, t0, t1, plain2, queue = sys.argv[1:]
+plain, backed, up, down, plain2, queue = map(float, (plain, backed, up, down, plain2, queue))
 rows = int(w1) - int(w0)
 print("| measure | no Postgres | write-behind to Postgres | ratio |")
 print("| --- | --- | --- | --- |")
 print(f"| SET/s, P=16, 50 clients, 100k keys | {plain:,.0f} | {backed:,.0f} | {backed/plain:.2f} (target >= 0.90) |")
+print(f"| SET/s as above, Postgres down (queue on disk only) | {plain2:,.0f} | {queue:,.0f} | {queue/plain2:.2f} |")
 print(f"| rows written per client write, {int(n):,} SETs over 1,000 keys | - | {rows:,} rows | {rows/int(n):.4f} (target <= 0.20) |")
 print(f"| p99 ms, SET, 50 clients, no pipelining | Postgres up: {up:.3f} | Postgres killed ({status}): {down:.3f} | {down/up:.2f} (target <= 1.1) |")
 print(f"| backlog after the outage | | {int(queued):,} bytes queued, drained in {float(t1)-float(t0):.1f} s | |")
