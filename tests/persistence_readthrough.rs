@@ -79,6 +79,7 @@ fn a_cold_node_loads_backed_keys_and_remembers_absent_ones() {
     // Loading is not a write: the loaded rows keep their version 1 (nothing written back).
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(postgres::count(MACHINE_URL, &format!("{table} WHERE key = 'rt:s' AND version = 1")), 1);
+    drop(node);
     exec(MACHINE_URL, &format!("DROP TABLE {table}; DROP TABLE IF EXISTS {table}_dead_letters"));
 }
 
@@ -100,6 +101,7 @@ async fn concurrent_misses_make_one_query() {
         assert_eq!(t.await.unwrap().as_deref(), Some("v"));
     }
     assert!(queries(&node) <= 2, "one query per flight, {} made", queries(&node));
+    drop(node);
     exec(MACHINE_URL, &format!("DROP TABLE {table}; DROP TABLE {table}_dead_letters"));
 }
 
@@ -122,4 +124,55 @@ fn a_miss_while_the_database_is_unreachable_is_a_clear_error() {
     assert_eq!(raw.cmd_str(&["GET", "plain"]), "$1\r\n1\r\n");
     let info = raw.cmd_str(&["INFO", "persistence"]);
     assert_eq!(keyspace_info(&info, "rt")["postgres_status"], "down");
+}
+
+/// A key evicted while its write is still queued is read back as written, not as the older
+/// row Postgres still holds.
+#[test]
+fn a_miss_serves_a_queued_write_before_the_older_row() {
+    let table = unique_table("rtq");
+    exec(
+        MACHINE_URL,
+        &format!(
+            "CREATE TABLE {table} (key text PRIMARY KEY, value bytea, type text NOT NULL, expires_at timestamptz, \
+             version bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO {table} VALUES ('rt:k', 'old'::bytea, 'string', NULL, 1, now()),
+                                        ('rt:gone', 'old'::bytea, 'string', NULL, 1, now());"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ks = KeyspaceConfig {
+        name: "rt".into(),
+        pattern: "rt:*".into(),
+        table: table.clone(),
+        read_through: true,
+        write_delay_ms: 60_000,
+        ..KeyspaceConfig::default()
+    };
+    let path = dir.path().to_path_buf();
+    let node = TestNode::with_config(move |c: &mut Config| {
+        c.postgres_url = Some(MACHINE_URL.into());
+        c.keyspace = vec![ks];
+        c.dir = path;
+        c.maxmemory_policy = "allkeys-random".into();
+    });
+    let mut raw = node.raw();
+    assert_eq!(raw.cmd_str(&["SET", "rt:k", "new"]), "+OK\r\n");
+    assert_eq!(raw.cmd_str(&["DEL", "rt:gone"]), ":1\r\n", "loaded, then deleted");
+    // Evict everything: the writes are still queued (the write delay is a minute).
+    raw.cmd_str(&["CONFIG", "SET", "maxmemory", "1"]);
+    raw.cmd_str(&["SET", "x", "y"]);
+    raw.cmd_str(&["CONFIG", "SET", "maxmemory", "0"]);
+    assert_eq!(raw.cmd_str(&["KEYS", "rt:*"]), "*0\r\n", "evicted");
+    assert_eq!(raw.cmd_str(&["GET", "rt:k"]), "$3\r\nnew\r\n");
+    assert_eq!(raw.cmd_str(&["GET", "rt:gone"]), "$-1\r\n");
+    let p = node.server.persistence.get().unwrap().clone();
+    let drained = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(p.flush(std::time::Duration::from_secs(3)))
+    });
+    let i = keyspace_info(&raw.cmd_str(&["INFO", "persistence"]), "rt");
+    assert!(drained.join().unwrap(), "{i:?}");
+    drop(node);
+    exec(MACHINE_URL, &format!("DROP TABLE {table}; DROP TABLE {table}_dead_letters"));
 }

@@ -178,6 +178,7 @@ async fn postgres_converges_to_the_grid_after_a_flush() {
     let i = info(&node);
     assert_eq!(i["pending_keys"], "0");
     assert_eq!(i["dead_letters"], "0");
+    drop(node);
     exec(MACHINE_URL, &format!("DROP TABLE {table}; DROP TABLE {table}_dead_letters"));
 }
 
@@ -209,6 +210,7 @@ async fn hot_keys_are_coalesced_into_few_row_writes() {
         let n: u64 = k["hot:".len()..].parse().unwrap();
         assert_eq!(String::from_utf8(v).unwrap(), (writes - 1000 + n).to_string());
     }
+    drop(node);
     exec(MACHINE_URL, &format!("DROP TABLE {table}; DROP TABLE {table}_dead_letters"));
 }
 
@@ -247,6 +249,7 @@ async fn a_poison_record_goes_to_the_dead_letter_table_alone() {
     let _: () = redis::cmd("SET").arg("p:after").arg("x").query_async(&mut con).await.unwrap();
     flush(&node);
     assert_eq!(count(MACHINE_URL, &format!("{table} WHERE key = 'p:after'")), 1);
+    drop(node);
     exec(MACHINE_URL, &format!("DROP TABLE {table}; DROP TABLE {dl}"));
 }
 
@@ -272,5 +275,6 @@ async fn write_through_replies_after_the_commit() {
     assert_eq!(count(MACHINE_URL, &table), 1);
     let binary = node.raw().cmd(&[b"SET", b"wt:\xff", b"x"]);
     assert!(String::from_utf8_lossy(&binary).starts_with("-ERR keys of the Postgres-backed key space"));
+    drop(node);
     exec(MACHINE_URL, &format!("DROP TABLE {table}; DROP TABLE {table}_dead_letters"));
 }

@@ -226,7 +226,18 @@ impl Persistence {
             let key = &args[i];
             let Some((_, space)) = self.space_of(key) else { continue };
             let Some(loader) = &space.loader else { continue };
-            if server.keyspace.lock_keys([key], now_ms).exists(key) || loader.known_absent(key) {
+            if server.keyspace.lock_keys([key], now_ms).exists(key) {
+                continue;
+            }
+            // A write not yet in Postgres is newer than its row: serve that.
+            if let Some(op) = space.writer.as_ref().and_then(|w| w.latest(key)) {
+                if let Op::Put { kind, value, expires_at_ms } = op {
+                    let row = postgres::Loaded { kind, value, expires_at_ms };
+                    insert_loaded(server, key, &row)?;
+                }
+                continue;
+            }
+            if loader.known_absent(key) {
                 continue;
             }
             let row = loader.load(&self.shared, key).await.map_err(|e| {
@@ -236,21 +247,10 @@ impl Persistence {
                 ))
             })?;
             let Some(row) = row else { continue };
-            let limits = server.keyspace.settings.hash_limits();
-            let Some(value) = record::decode_value(row.kind, &row.value, limits) else {
-                return Err(Reply::error("ERR read-through: the stored value is malformed"));
-            };
-            let now = crate::store::clock::now_ms();
-            if row.expires_at_ms.is_some_and(|e| e <= now) {
+            if !insert_loaded(server, key, &row)? {
                 continue;
             }
-            let mut db = server.keyspace.lock_keys([key], now);
-            if !db.exists(key) {
-                LOADING.with(|l| l.set(true));
-                db.set(key, value, row.expires_at_ms.unwrap_or(0));
-                LOADING.with(|l| l.set(false));
-                loader.stats.loaded.fetch_add(1, Ordering::Relaxed);
-            }
+            loader.stats.loaded.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -368,6 +368,27 @@ impl Persistence {
             let _ = write!(out, "keyspace_{name}:{f}\r\n");
         }
     }
+}
+
+/// Puts a loaded value into memory without writing it back, unless the key appeared
+/// meanwhile or has expired. Ok(true) when inserted.
+fn insert_loaded(server: &Server, key: &[u8], row: &postgres::Loaded) -> Result<bool, Reply> {
+    let limits = server.keyspace.settings.hash_limits();
+    let Some(value) = record::decode_value(row.kind, &row.value, limits) else {
+        return Err(Reply::error("ERR read-through: the stored value is malformed"));
+    };
+    let now = crate::store::clock::now_ms();
+    if row.expires_at_ms.is_some_and(|e| e <= now) {
+        return Ok(false);
+    }
+    let mut db = server.keyspace.lock_keys([key], now);
+    if db.exists(key) {
+        return Ok(false);
+    }
+    LOADING.with(|l| l.set(true));
+    db.set(key, value, row.expires_at_ms.unwrap_or(0));
+    LOADING.with(|l| l.set(false));
+    Ok(true)
 }
 
 /// Whether the command replaces its keys whatever they held (plain SET, SETEX, PSETEX, MSET):

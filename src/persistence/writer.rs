@@ -2,7 +2,7 @@
 //! due keys in batches (several in flight, at a bounded row rate), retries while the
 //! database is down, splits batches Postgres rejects and dead-letters the bad record.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 use super::config::{KeyspaceConfig, WriteMode};
 use super::postgres::{self, PgError};
 use super::queue::DurableQueue;
-use super::record::Record;
+use super::record::{Op, Record};
 use super::Shared;
 
 /// Counters INFO reports for one key space.
@@ -47,7 +47,9 @@ struct Coalescer {
     /// Keys in the order they became pending, with the time they are due.
     order: VecDeque<(Instant, Vec<u8>)>,
     /// Keys with a batch in flight: their next record waits, so one key's writes never race.
-    inflight: HashSet<Vec<u8>, foldhash::fast::RandomState>,
+    /// Keys with a batch in flight, and what that batch writes (read-through must not load
+    /// the older row meanwhile).
+    inflight: FastMap<Vec<u8>, Op>,
     /// Every ingested record in version order, with whether it is done (committed or
     /// superseded); entry `i` has sequence number `ring_base + i`. Done entries are popped
     /// from the front, so the front is the oldest record not yet committed.
@@ -88,6 +90,12 @@ impl Table {
     /// `name`, schema not yet checked.
     pub fn new(name: String) -> Table {
         Table { name, ready: AtomicBool::new(false) }
+    }
+
+    /// Makes the next connection check the schema again (after an error that may mean the
+    /// table was dropped).
+    pub fn recheck(&self) {
+        self.ready.store(false, Ordering::Release);
     }
 
     /// A connection, creating the schema on first use.
@@ -194,12 +202,12 @@ impl Writer {
                 _ => break,
             }
             let (due, key) = s.order.pop_front().expect("checked");
-            if s.inflight.contains(&key) {
+            if s.inflight.contains_key(&key) {
                 deferred.push((due, key));
                 continue;
             }
             if let Some(p) = s.map.remove(&key) {
-                s.inflight.insert(key);
+                s.inflight.insert(key, p.rec.op.clone());
                 batch.push((p.seq, p.rec));
             }
         }
@@ -220,6 +228,15 @@ impl Writer {
         };
         self.committed.send_replace(w);
         self.queue.release(w);
+    }
+
+    /// The newest not-yet-committed write of `key`, if any: newer than its row in Postgres,
+    /// so read-through serves it instead of loading the row.
+    pub fn latest(&self, key: &[u8]) -> Option<Op> {
+        self.queue.write_pending();
+        self.pump();
+        let s = self.state.lock();
+        s.map.get(key).map(|p| p.rec.op.clone()).or_else(|| s.inflight.get(key).cloned())
     }
 
     /// Keys waiting or in flight, and the age of the oldest, for INFO.
@@ -320,6 +337,7 @@ impl Writer {
                     }
                     Err(PgError::Down(e)) => {
                         self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        self.table.recheck();
                         shared.health.mark_down(&e);
                         tokio::time::sleep(super::health::backoff(down_attempts)).await;
                         down_attempts += 1;
@@ -403,7 +421,7 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::persistence::config::FsyncPolicy;
-    use crate::persistence::record::{Kind, Op};
+    use crate::persistence::record::Kind;
 
     fn rec(version: u64, key: &str) -> Record {
         let op = Op::Put { kind: Kind::Str, value: version.to_string().into_bytes(), expires_at_ms: None };
