@@ -2,6 +2,7 @@
 //! due keys in batches (several in flight, at a bounded row rate), retries while the
 //! database is down, splits batches Postgres rejects and dead-letters the bad record.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -172,17 +173,24 @@ impl Writer {
         let now = Instant::now();
         let due = now + self.delay();
         let mut coalesced = 0;
-        for r in records {
+        for mut r in records {
             s.max_ingested = s.max_ingested.max(r.version);
             let seq = s.push(r.version);
-            if let Some(p) = s.map.get_mut(&r.key) {
-                let old = std::mem::replace(&mut p.seq, seq);
-                p.rec = r;
-                s.done(old);
-                coalesced += 1;
-            } else {
-                s.order.push_back((due, r.key.clone()));
-                s.map.insert(r.key.clone(), Pend { rec: r, seq, since: now });
+            // The map owns the key; the record gets it back when it is batched.
+            let key = std::mem::take(&mut r.key);
+            match s.map.entry(key) {
+                Entry::Occupied(mut o) => {
+                    let p = o.get_mut();
+                    let old = std::mem::replace(&mut p.seq, seq);
+                    p.rec = r;
+                    s.done(old);
+                    coalesced += 1;
+                }
+                Entry::Vacant(v) => {
+                    let key = v.key().clone();
+                    v.insert(Pend { rec: r, seq, since: now });
+                    s.order.push_back((due, key));
+                }
             }
         }
         self.stats.rows_coalesced.fetch_add(coalesced, Ordering::Relaxed);
@@ -206,8 +214,9 @@ impl Writer {
                 deferred.push((due, key));
                 continue;
             }
-            if let Some(p) = s.map.remove(&key) {
-                s.inflight.insert(key, p.rec.op.clone());
+            if let Some((key, mut p)) = s.map.remove_entry(&key) {
+                s.inflight.insert(key.clone(), p.rec.op.clone());
+                p.rec.key = key;
                 batch.push((p.seq, p.rec));
             }
         }
