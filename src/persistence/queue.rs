@@ -282,4 +282,29 @@ mod tests {
         let (_, old) = DurableQueue::open(dir.path(), FsyncPolicy::Always).unwrap();
         assert!(old.is_empty());
     }
+
+    #[test]
+    fn a_torn_tail_is_ignored_and_new_records_go_to_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let versions = AtomicU64::new(0);
+        {
+            let (q, _) = DurableQueue::open(dir.path(), FsyncPolicy::No).unwrap();
+            q.push(&versions, b"a", 1, put("1"));
+            q.push(&versions, b"b", 1, put("2"));
+            q.write_pending();
+        }
+        // A crash in the middle of a write leaves half a record.
+        let seg = seg_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let half = bytes.len() / 4;
+        bytes.extend_from_slice(&bytes[..half].to_vec());
+        std::fs::write(&seg, &bytes).unwrap();
+        let (q, old) = DurableQueue::open(dir.path(), FsyncPolicy::No).unwrap();
+        assert_eq!(old.len(), 2);
+        q.push(&versions, b"c", 1, put("3"));
+        q.write_pending();
+        drop(q);
+        let (_, old) = DurableQueue::open(dir.path(), FsyncPolicy::No).unwrap();
+        assert_eq!(old.iter().map(|r| r.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
 }
