@@ -297,7 +297,7 @@ mod tests {
         let seg = seg_path(dir.path(), 1);
         let mut bytes = std::fs::read(&seg).unwrap();
         let half = bytes.len() / 4;
-        bytes.extend_from_slice(&bytes[..half].to_vec());
+        bytes.extend_from_within(..half);
         std::fs::write(&seg, &bytes).unwrap();
         let (q, old) = DurableQueue::open(dir.path(), FsyncPolicy::No).unwrap();
         assert_eq!(old.len(), 2);
