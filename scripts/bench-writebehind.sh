@@ -77,6 +77,25 @@ done
 
 field() { redis-cli -p "$BACKED_PORT" info persistence | tr ',' '\n' | sed -n "s/^$1=//p" | tr -d '\r'; }
 rps() { redis-benchmark -p "$1" -t set -n "$N" -r 100000 -P 16 -c 50 -q --csv | tail -1 | cut -d, -f2 | tr -d '"'; }
+# CPU ticks (1/100 s) used so far by a process and its live children: on a shared machine CPU
+# per request is a steadier measure than requests per second.
+ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+pg_pid() { head -1 "$WORK/pg/data/postmaster.pid"; }
+# rps_cpu PORT PID FILE: runs rps, appends "rps node_us_per_req pg_us_per_req" to FILE.
+rps_cpu() {
+  local n0 g0 r n1 g1
+  n0=$(ticks "$2"); g0=$(ticks "$(pg_pid)")
+  r=$(rps "$1")
+  sleep 1.5  # the write delay: the rows of this run reach Postgres before we count
+  n1=$(ticks "$2"); g1=$(ticks "$(pg_pid)")
+  echo "$r $(( (n1 - n0) * 10000000 / N )) $(( (g1 - g0) * 10000000 / N ))" >>"$3"
+}
 p99() { redis-benchmark -p "$1" -t set -n "$2" -r 100000 -c 50 --csv | tail -1 | cut -d, -f7 | tr -d '"'; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 wait_drained() {
@@ -87,10 +106,12 @@ wait_drained() {
 echo "==> SET throughput, $REPS reps alternating, $N requests, P=16, 100k keys" >&2
 : >"$WORK/plain.rps"; : >"$WORK/backed.rps"
 for _ in $(seq 1 "$REPS"); do
-  rps "$PLAIN_PORT" >>"$WORK/plain.rps"
-  rps "$BACKED_PORT" >>"$WORK/backed.rps"
+  rps_cpu "$PLAIN_PORT" "$PLAIN_PID" "$WORK/plain.rps"
+  rps_cpu "$BACKED_PORT" "$BACKED_PID" "$WORK/backed.rps"
 done
-PLAIN_RPS=$(median <"$WORK/plain.rps"); BACKED_RPS=$(median <"$WORK/backed.rps")
+PLAIN_RPS=$(cut -d' ' -f1 "$WORK/plain.rps" | median); BACKED_RPS=$(cut -d' ' -f1 "$WORK/backed.rps" | median)
+PLAIN_NS=$(cut -d' ' -f2 "$WORK/plain.rps" | median); BACKED_NS=$(cut -d' ' -f2 "$WORK/backed.rps" | median)
+PG_NS=$(cut -d' ' -f3 "$WORK/backed.rps" | median)
 wait_drained
 
 echo "==> hot keys: $N SETs over 1,000 keys" >&2
@@ -121,14 +142,17 @@ wait_drained
 T1=$(date +%s.%N)
 UP_P99=$(median <"$WORK/up.p99"); DOWN_P99=$(median <"$WORK/down.p99")
 
-python3 - "$PLAIN_RPS" "$BACKED_RPS" "$N" "$W0" "$W1" "$UP_P99" "$DOWN_P99" "$STATUS_DOWN" "$QUEUED" "$T0" "$T1" "$PLAIN2_RPS" "$QUEUE_RPS" <<'PY' | tee ${OUT:+"$OUT"}
+python3 - "$PLAIN_RPS" "$BACKED_RPS" "$N" "$W0" "$W1" "$UP_P99" "$DOWN_P99" "$STATUS_DOWN" "$QUEUED" "$T0" "$T1" "$PLAIN2_RPS" "$QUEUE_RPS" "$PLAIN_NS" "$BACKED_NS" "$PG_NS" <<'PY' | tee ${OUT:+"$OUT"}
 import sys
-plain, backed, n, w0, w1, up, down, status, queued, t0, t1, plain2, queue = sys.argv[1:]
+plain, backed, n, w0, w1, up, down, status, queued, t0, t1, plain2, queue, pns, bns, gns = sys.argv[1:]
+pns, bns, gns = int(pns), int(bns), int(gns)
 plain, backed, up, down, plain2, queue = map(float, (plain, backed, up, down, plain2, queue))
 rows = int(w1) - int(w0)
 print("| measure | no Postgres | write-behind to Postgres | ratio |")
 print("| --- | --- | --- | --- |")
 print(f"| SET/s, P=16, 50 clients, 100k keys | {plain:,.0f} | {backed:,.0f} | {backed/plain:.2f} (target >= 0.90) |")
+print(f"| node CPU ns per SET (the same runs) | {pns:,} | {bns:,} | {pns/bns:.2f} (CPU-bound throughput ratio) |")
+print(f"| Postgres CPU ns per SET (the same runs) | - | {gns:,} | |")
 print(f"| SET/s as above, Postgres down (queue on disk only) | {plain2:,.0f} | {queue:,.0f} | {queue/plain2:.2f} |")
 print(f"| rows written per client write, {int(n):,} SETs over 1,000 keys | - | {rows:,} rows | {rows/int(n):.4f} (target <= 0.20) |")
 print(f"| p99 ms, SET, 50 clients, no pipelining | Postgres up: {up:.3f} | Postgres killed ({status}): {down:.3f} | {down/up:.2f} (target <= 1.1) |")
