@@ -15,4 +15,8 @@ if ! redis-cli -p 6379 ping >/dev/null 2>&1; then
   for _ in $(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  echo "warning: no Postgres on 127.0.0.1:5432; the persistence tests need it (trust auth, database test)" >&2
+fi
+
 cargo test --workspace --all-targets "$@"
