@@ -81,7 +81,7 @@ async fn grid_state(
                     let mut pairs: Vec<(Vec<u8>, Vec<u8>)> =
                         flat.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
                     pairs.sort();
-                    bincode_free_pairs(&pairs)
+                    encode_pairs(&pairs)
                 }
                 other => panic!("unexpected {other:?}"),
             };
@@ -91,7 +91,7 @@ async fn grid_state(
     out
 }
 
-fn bincode_free_pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+fn encode_pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (f, v) in pairs {
         out.extend_from_slice(&(f.len() as u32).to_be_bytes());
@@ -109,7 +109,7 @@ fn table_state(table: &str) -> BTreeMap<String, (String, Vec<u8>)> {
         .map(|(k, v, t, _)| {
             let v = if t == "hash" {
                 let pairs = decode_hash(&v);
-                bincode_free_pairs(&pairs)
+                encode_pairs(&pairs)
             } else {
                 v
             };
