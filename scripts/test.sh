@@ -21,5 +21,8 @@ if ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then
   echo "installing prometheus (promtool) and chromium for the admin and dashboard tests" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null
 fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  echo "warning: no Postgres on 127.0.0.1:5432; the persistence tests need it (trust auth, database test)" >&2
+fi
 
 cargo test --workspace --all-targets "$@"

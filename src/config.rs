@@ -65,6 +65,14 @@ pub struct Config {
     /// Seconds a node keeps serving after SIGTERM with `/ready` answering 503, so load
     /// balancers stop sending clients before it closes; 0 stops at once.
     pub shutdown_drain: u64,
+    /// Postgres connection string for backed key spaces (`CACHEGRID_POSTGRES_URL`); none
+    /// keeps the node a plain in-memory cache.
+    pub postgres_url: Option<String>,
+    /// fsync policy of the write-behind queue on disk: `always`, `everysec` or `no`, as
+    /// Redis's `appendfsync`.
+    pub writebehind_fsync: String,
+    /// Key spaces backed by Postgres (`[[keyspace]]` tables in TOML).
+    pub keyspace: Vec<crate::persistence::KeyspaceConfig>,
 }
 
 impl Default for Config {
@@ -94,6 +102,9 @@ impl Default for Config {
             admin_port: None,
             admin_bind: None,
             shutdown_drain: 0,
+            postgres_url: None,
+            writebehind_fsync: "everysec".into(),
+            keyspace: Vec::new(),
         }
     }
 }
@@ -157,6 +168,7 @@ impl Config {
             });
         }
         self.admin_addr()?;
+        crate::persistence::validate(self).map_err(|(name, reason)| ConfigError::Invalid { name, reason })?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod commands;
 pub mod config;
 pub mod node;
+pub mod persistence;
 pub mod protocol;
 pub mod server;
 pub mod store;

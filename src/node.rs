@@ -26,6 +26,9 @@ impl Node {
         let server = Server::new(config);
         // Bound first: a taken admin port stops the node before it takes clients.
         let admin_listener = crate::admin::bind(&server).await?;
+        if let Some(p) = crate::persistence::Persistence::start(&server).await? {
+            let _ = server.persistence.set(p);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(server::serve(server.clone(), Some(tx)));
         match rx.await {
@@ -43,11 +46,22 @@ impl Node {
     /// Asks the node to stop (as SIGTERM does) and waits until it has.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.server.shutdown.cancel();
-        self.task.await?
+        let result = self.task.await?;
+        stop_persistence(&self.server).await;
+        result
     }
 
     /// Waits until the node stops by itself (SHUTDOWN, a signal).
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await?
+        let result = self.task.await?;
+        stop_persistence(&self.server).await;
+        result
+    }
+}
+
+/// Flushes the write-behind queues for a few seconds at shutdown; the rest stays on disk.
+async fn stop_persistence(server: &Server) {
+    if let Some(p) = server.persistence.get() {
+        p.shutdown(std::time::Duration::from_secs(5)).await;
     }
 }

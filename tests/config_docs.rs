@@ -54,6 +54,7 @@ fn example(name: &str) -> &'static str {
         "requirepass" => "\"change-me\"",
         "admin-port" => "8379",
         "admin-bind" => "\"0.0.0.0\"",
+        "postgres-url" => "\"postgres://postgres@127.0.0.1:5432/test\"",
         other => panic!("option {other} has no default: add an example value to tests/config_docs.rs"),
     }
 }

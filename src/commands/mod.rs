@@ -315,6 +315,14 @@ fn execute_spec(
         transactions::flag_error_in_multi(client);
         return Reply::error("NOAUTH Authentication required.");
     }
+    if spec.is_write() {
+        if let Some(p) = server.persistence.get() {
+            if let Err(reply) = p.admit(spec, &args) {
+                transactions::flag_error_in_multi(client);
+                return reply;
+            }
+        }
+    }
     if client.in_multi() && !spec.has_flag("allow-in-multi") {
         if spec.has_flag("no-multi") {
             transactions::flag_error_in_multi(client);

@@ -280,6 +280,7 @@ fn section(ctx: &mut Ctx<'_, '_>, name: &str, out: &mut String) {
             f("aof_current_rewrite_time_sec", &-1);
             f("aof_last_bgrewrite_status", &"ok");
             f("aof_last_write_status", &"ok");
+            crate::persistence::info_section(s, out);
         }
         "stats" => {
             let st = &s.stats;

@@ -13,11 +13,15 @@ use tracing::debug;
 
 use super::{ClientState, Server};
 use crate::commands;
+use crate::persistence::Persistence;
 use crate::protocol::{Reply, RequestParser};
 
 /// Flush replies early once this much output is pending, so a deep pipeline cannot grow the
 /// output buffer without bound.
 const OUTPUT_FLUSH_AT: usize = 64 * 1024;
+
+/// How long a write-through reply waits for Postgres before telling the client so.
+const WRITE_THROUGH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Takes a new connection: refused at maxclients, otherwise served on its own task.
 pub fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, laddr: SocketAddr) {
@@ -80,7 +84,10 @@ async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientS
             let limits = server.limits(client.authenticated);
             match parser.next(&mut input, &limits) {
                 Ok(Some(args)) => {
-                    let reply = commands::execute(server, client, args);
+                    let reply = match server.persistence.get() {
+                        None => commands::execute(server, client, args),
+                        Some(p) => persisted(server, p, client, args).await,
+                    };
                     if reply.is_error() {
                         server.stats.error_replies.fetch_add(1, Ordering::Relaxed);
                     }
@@ -109,7 +116,34 @@ async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientS
     }
 }
 
+/// Runs a command on a node with Postgres-backed key spaces: loads missing keys first
+/// (read-through), and for write-through keys waits for the commit before the reply.
+async fn persisted(
+    server: &Arc<Server>,
+    p: &Arc<Persistence>,
+    client: &mut ClientState,
+    args: Vec<bytes::Bytes>,
+) -> Reply {
+    if let Err(reply) = p.prepare(server, client.now_ms, &args).await {
+        return reply;
+    }
+    Persistence::begin_command();
+    let reply = commands::execute(server, client, args);
+    if let Some(ticket) = Persistence::ticket() {
+        if !reply.is_error() && !p.wait(ticket, WRITE_THROUGH_TIMEOUT).await {
+            return Reply::error(
+                "TRYAGAIN write-through: Postgres has not committed the write yet (it is queued durably and will be written)",
+            );
+        }
+    }
+    reply
+}
+
 async fn flush(server: &Server, stream: &mut TcpStream, output: &mut BytesMut) -> std::io::Result<()> {
+    if let Some(p) = server.persistence.get() {
+        // Records of the commands answered here reach the disk before their replies leave.
+        p.before_reply();
+    }
     if output.is_empty() {
         return Ok(());
     }

@@ -78,6 +78,8 @@ pub struct Server {
     pub draining: std::sync::atomic::AtomicBool,
     /// Calls, errors and sampled latency per command, for the admin port's `/metrics`.
     pub command_stats: crate::admin::stats::CommandStats,
+    /// Postgres-backed key spaces, when configured (set once at start).
+    pub persistence: std::sync::OnceLock<Arc<crate::persistence::Persistence>>,
 }
 
 impl Server {
@@ -116,6 +118,7 @@ impl Server {
             tracking: Arc::new(tracking::Tracking::default()),
             draining: Default::default(),
             command_stats: Default::default(),
+            persistence: std::sync::OnceLock::new(),
         };
         server.keyspace.add_listener(server.tracking.clone());
         server.memory.refresh(0);
