@@ -227,7 +227,7 @@ impl RemoteGrid {
             }
             // The barrier: pushes queued before it arrive before its reply.
             self.query(&redis::cmd("PING")).await?;
-            if near.epoch() == epoch || near.get(key).is_some_and(|again| Arc::ptr_eq(&again, &hit)) {
+            if near.confirms(key, &hit) {
                 return Ok(hit);
             }
         }
