@@ -142,9 +142,11 @@ impl ClientRegistry {
         self.len() == 0
     }
 
-    /// All clients, by increasing id.
+    /// All live clients, by increasing id. A killed client is left out although its task may
+    /// not have unregistered yet: it is on its way out, and a second CLIENT KILL must not
+    /// find it again.
     pub fn snapshot(&self) -> Vec<Arc<ClientInfo>> {
-        self.clients.lock().values().cloned().collect()
+        self.clients.lock().values().filter(|c| !c.killed.load(Ordering::Acquire)).cloned().collect()
     }
 
     /// Closes every connection (shutdown).
