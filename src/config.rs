@@ -57,6 +57,16 @@ pub struct Config {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// Serve Redis Cluster's protocol (slots, MOVED, CLUSTER commands); off: a standalone node.
+    pub cluster_enabled: bool,
+    /// Failure zone of this node (rack, availability zone): replicas avoid their primary's.
+    pub zone: String,
+    /// Replicas per slot (R).
+    pub cluster_replicas: usize,
+    /// Cluster bus port; 0 means the client port + 10000, as in Redis.
+    pub cluster_port: u16,
+    /// Address announced to clients and peers; empty means the bind address.
+    pub cluster_announce_ip: String,
 }
 
 impl Default for Config {
@@ -83,6 +93,11 @@ impl Default for Config {
             dir: PathBuf::from("."),
             log_level: "info".into(),
             log_format: "text".into(),
+            cluster_enabled: false,
+            zone: "default".into(),
+            cluster_replicas: 1,
+            cluster_port: 0,
+            cluster_announce_ip: String::new(),
         }
     }
 }

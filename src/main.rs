@@ -77,6 +77,14 @@ struct NodeArgs {
     #[arg(long = "log-format")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "log-format")]
     log_format: Option<String>,
+    /// Serve Redis Cluster's protocol (a grid of one until others join).
+    #[arg(long = "cluster-enabled")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-enabled")]
+    cluster_enabled: Option<bool>,
+    /// Failure zone of this node (rack, availability zone).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zone: Option<String>,
 }
 
 fn init_logging(config: &Config) {

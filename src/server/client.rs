@@ -181,6 +181,8 @@ pub struct ClientState {
     /// Unix milliseconds at which the current batch of requests is served: read once per
     /// batch, as Redis caches its clock, so commands do not each ask the kernel.
     pub now_ms: u64,
+    /// READONLY and ASKING.
+    pub cluster: crate::cluster::ClientFlags,
 }
 
 impl ClientState {
@@ -196,6 +198,7 @@ impl ClientState {
             watch_flag: Arc::new(AtomicBool::new(false)),
             close_after_reply: false,
             now_ms: clock::now_ms(),
+            cluster: Default::default(),
         }
     }
 

@@ -70,6 +70,8 @@ pub struct Server {
     pub shutdown: CancellationToken,
     /// Where the client port listens.
     pub addr: RwLock<Option<SocketAddr>>,
+    /// Cluster state; set at start when `cluster-enabled` (unset: a standalone node).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Server {
@@ -105,6 +107,7 @@ impl Server {
             run_id,
             shutdown: CancellationToken::new(),
             addr: RwLock::new(None),
+            cluster: std::sync::OnceLock::new(),
         };
         server.memory.refresh(0);
         Arc::new(server)
@@ -165,6 +168,7 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {bind}:{port}"))?;
     let addr = listener.local_addr()?;
     *server.addr.write() = Some(addr);
+    crate::cluster::enable(&server, addr).context("cannot start cluster mode")?;
     info!(%addr, "cachegrid node ready to accept connections");
     if let Some(tx) = bound {
         let _ = tx.send(addr);
