@@ -73,7 +73,7 @@ pub fn place(members: &[Member], replicas: usize, previous: &[SlotAssignment]) -
         })
         .collect();
 
-    let primary = place_primaries(n, &prev_primary, &prev_replicas);
+    let primary = place_primaries(n, &zone, &prev_primary, &prev_replicas);
     let r = replicas.min(n - 1);
     let replica_sets = if r == 0 {
         vec![Vec::new(); SLOT_COUNT]
@@ -103,12 +103,46 @@ fn shares(total: usize, n: usize, holding: &[usize]) -> Vec<usize> {
     target
 }
 
-fn place_primaries(n: usize, prev_primary: &[usize], prev_replicas: &[Vec<usize>]) -> Vec<usize> {
+/// Like [`shares`], but the extra units are spread over zones in proportion to their size:
+/// replicas of one zone's primaries live in the others, so uneven primary totals per zone
+/// would make balanced replicas impossible.
+fn shares_by_zone(total: usize, n: usize, holding: &[usize], zone: &[usize]) -> Vec<usize> {
+    let mut target = vec![total / n; n];
+    let zones = zone.iter().max().map_or(0, |z| z + 1);
+    let mut size = vec![0usize; zones];
+    for &z in zone {
+        size[z] += 1;
+    }
+    let mut given = vec![0usize; zones];
+    for _ in 0..total % n {
+        // The zone with the fewest extras for its size, then its node holding the most.
+        let pick = (0..n)
+            .filter(|&i| target[i] == total / n)
+            .min_by(|&a, &b| {
+                let (za, zb) = (zone[a], zone[b]);
+                (given[za] * size[zb])
+                    .cmp(&(given[zb] * size[za]))
+                    .then(holding[b].cmp(&holding[a]))
+                    .then(a.cmp(&b))
+            })
+            .expect("fewer extras than nodes");
+        target[pick] += 1;
+        given[zone[pick]] += 1;
+    }
+    target
+}
+
+fn place_primaries(
+    n: usize,
+    zone: &[usize],
+    prev_primary: &[usize],
+    prev_replicas: &[Vec<usize>],
+) -> Vec<usize> {
     let mut holding = vec![0; n];
     for &p in prev_primary.iter().filter(|&&p| p != NONE) {
         holding[p] += 1;
     }
-    let target = shares(SLOT_COUNT, n, &holding);
+    let target = shares_by_zone(SLOT_COUNT, n, &holding, zone);
     let mut count = vec![0; n];
     let mut primary = vec![NONE; SLOT_COUNT];
     // Keep every primary up to its share.
@@ -203,6 +237,9 @@ impl ReplicaCtx<'_> {
         for s in (0..SLOT_COUNT).filter(|&s| sets[s].len() < r) {
             by_primary[self.primary[s]].push(s);
         }
+        // A new layout spreads each primary's copies evenly first; a change fills the nodes
+        // furthest below their share first, which leaves fewer copies to move afterwards.
+        let spread_first = prev_primary.iter().all(|&p| p == NONE);
         let mut pairs = vec![0usize; n * n];
         for (s, set) in sets.iter().enumerate() {
             for &x in set {
@@ -218,7 +255,15 @@ impl ReplicaCtx<'_> {
                     // Spreading a primary's copies over many nodes spreads its load
                     // over them too when it fails.
                     let spread = std::cmp::Reverse(pairs[p * n + x]);
-                    (deficit > 0, held(s, x), new_zone, spread, deficit, std::cmp::Reverse(x))
+                    (
+                        deficit > 0,
+                        held(s, x),
+                        new_zone,
+                        spread_first.then_some(spread),
+                        deficit,
+                        spread,
+                        std::cmp::Reverse(x),
+                    )
                 });
                 let Some(x) = pick else { break };
                 sets[s].push(x);
