@@ -148,6 +148,18 @@ impl Config {
         if self.maxclients == 0 {
             return Err(ConfigError::Invalid { name: "maxclients", reason: "must be at least 1".into() });
         }
+        if self.cluster_replicas > 5 {
+            return Err(ConfigError::Invalid {
+                name: "cluster-replicas",
+                reason: "must be between 0 and 5".into(),
+            });
+        }
+        if self.zone.is_empty() || self.zone.len() > 64 || self.zone.chars().any(|c| c.is_whitespace()) {
+            return Err(ConfigError::Invalid {
+                name: "zone",
+                reason: "must be 1 to 64 characters without spaces".into(),
+            });
+        }
         if !(1..=500).contains(&self.hz) {
             return Err(ConfigError::Invalid { name: "hz", reason: "must be between 1 and 500".into() });
         }
@@ -220,5 +232,19 @@ mod tests {
             assert_eq!(c.hz, 30);
             Ok(())
         });
+    }
+
+    #[test]
+    fn cluster_options_are_checked() {
+        let ok = Config {
+            cluster_enabled: true,
+            zone: "eu-west-1a".into(),
+            cluster_replicas: 2,
+            ..Config::default()
+        };
+        assert!(ok.validate().is_ok());
+        assert!(Config { zone: "".into(), ..ok.clone() }.validate().is_err());
+        assert!(Config { zone: "a b".into(), ..ok.clone() }.validate().is_err());
+        assert!(Config { cluster_replicas: 6, ..ok }.validate().is_err());
     }
 }

@@ -95,8 +95,8 @@ pub fn check(
         client.cluster.asking = false;
     }
     let exec = spec.name == "exec" && client.in_multi();
-    let map = cluster.map();
-    let me = map.index_of(&cluster.me);
+    let view = cluster.view();
+    let (map, me) = (&view.map, view.me);
     let (route, keys): (Route, Vec<&[u8]>) = if exec {
         let queued = client.multi.as_deref().unwrap_or_default();
         let keys: Vec<&[u8]> = queued
@@ -105,13 +105,13 @@ pub fn check(
             .flat_map(|q| q.spec.keys.positions(q.args.len()).map(move |i| &q.args[i][..]))
             .collect();
         let write = queued.iter().any(|q| q.spec.is_write());
-        (route(&map, me, keys.iter().copied(), write, flags), keys)
+        (route(map, me, keys.iter().copied(), write, flags), keys)
     } else {
         if !matches!(spec.keys, Keys::Range { .. }) {
             return None;
         }
         let keys = || spec.keys.positions(args.len()).map(|i| &args[i][..]);
-        let r = route(&map, me, keys(), spec.is_write(), flags);
+        let r = route(map, me, keys(), spec.is_write(), flags);
         // Keys are only collected when a migration needs them.
         let collected = if matches!(r, Route::Migrating { .. } | Route::Importing) {
             keys().collect()
@@ -127,7 +127,7 @@ pub fn check(
             let (present, missing) = presence(server, client.now_ms, &keys);
             match (present, missing) {
                 (_, 0) => return None,
-                (0, _) => moved("ASK", slot, &map, to),
+                (0, _) => moved("ASK", slot, map, to),
                 _ => Reply::error(TRYAGAIN),
             }
         }

@@ -15,7 +15,15 @@ use crate::config::Config;
 pub struct Cluster {
     /// This node's identity.
     pub me: NodeId,
-    map: RwLock<Arc<SlotMap>>,
+    view: RwLock<Arc<View>>,
+}
+
+/// A slot map with this node's place in it, worked out once per map rather than per command.
+pub struct View {
+    /// The map.
+    pub map: SlotMap,
+    /// This node's index in `map.nodes`; None when the map does not include it.
+    pub me: Option<u16>,
 }
 
 /// Why a map was not installed.
@@ -42,23 +50,30 @@ impl Cluster {
         let members = [Member { id: me, zone: info.zone.clone() }];
         let assignment = place(&members, config.cluster_replicas, &[]);
         let map = SlotMap::from_assignment(0, vec![info], &assignment).expect("a one-node map is valid");
-        Cluster { me, map: RwLock::new(Arc::new(map)) }
+        let me_index = map.index_of(&me);
+        Cluster { me, view: RwLock::new(Arc::new(View { map, me: me_index })) }
+    }
+
+    /// The map in force, with this node's index in it.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().clone()
     }
 
     /// The map in force.
-    pub fn map(&self) -> Arc<SlotMap> {
-        self.map.read().clone()
+    pub fn map(&self) -> SlotMap {
+        self.view().map.clone()
     }
 
     /// Installs `map` unless it is older than the one in force. The consensus layer calls this
     /// when a new map is committed; tests call it to lay out a grid by hand.
     pub fn install(&self, map: SlotMap) -> Result<(), InstallError> {
         map.validate()?;
-        let mut current = self.map.write();
-        if map.epoch < current.epoch {
-            return Err(InstallError::Stale { offered: map.epoch, current: current.epoch });
+        let mut current = self.view.write();
+        if map.epoch < current.map.epoch {
+            return Err(InstallError::Stale { offered: map.epoch, current: current.map.epoch });
         }
-        *current = Arc::new(map);
+        let me = map.index_of(&self.me);
+        *current = Arc::new(View { map, me });
         Ok(())
     }
 }
@@ -109,7 +124,7 @@ mod tests {
     #[test]
     fn older_maps_are_refused() {
         let c = Cluster::single(NodeId([1; 20]), &Config::default(), "127.0.0.1:7001".parse().unwrap());
-        let mut newer = (*c.map()).clone();
+        let mut newer = c.map();
         newer.epoch = 5;
         c.install(newer.clone()).unwrap();
         newer.epoch = 4;

@@ -82,7 +82,8 @@ fn myid(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
 
 fn info(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     let c = cluster_or_reply!(ctx);
-    let map = c.map();
+    let view = c.view();
+    let map = &view.map;
     let assigned = map.assigned_slots();
     let size =
         (0..map.nodes.len() as u16).filter(|&i| map.slots.iter().any(|o| o.primary == Some(i))).count();
@@ -120,11 +121,12 @@ fn slot_node(map: &SlotMap, i: u16) -> Reply {
 
 fn slots(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     let c = cluster_or_reply!(ctx);
-    let map = c.map();
+    let view = c.view();
+    let map = &view.map;
     let ranges = map.ranges().into_iter().filter_map(|(first, last, owners)| {
         let primary = owners.primary?;
-        let mut entry = vec![Reply::Int(first as i64), Reply::Int(last as i64), slot_node(&map, primary)];
-        entry.extend(owners.replicas.iter().map(|&r| slot_node(&map, r)));
+        let mut entry = vec![Reply::Int(first as i64), Reply::Int(last as i64), slot_node(map, primary)];
+        entry.extend(owners.replicas.iter().map(|&r| slot_node(map, r)));
         Some(Reply::Array(entry))
     });
     Reply::Array(ranges.collect())
@@ -132,7 +134,8 @@ fn slots(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
 
 fn shards(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     let c = cluster_or_reply!(ctx);
-    let map = c.map();
+    let view = c.view();
+    let map = &view.map;
     // A shard is a primary with its replicas; in the grid each distinct owner set is one.
     let mut groups: Vec<(&crate::cluster::Owners, Vec<Reply>)> = Vec::new();
     for (first, last, owners) in map.ranges() {
@@ -171,8 +174,8 @@ fn shards(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
 
 fn nodes(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     let c = cluster_or_reply!(ctx);
-    let map = c.map();
-    let me = map.index_of(&c.me);
+    let view = c.view();
+    let (map, me) = (&view.map, view.me);
     let ranges = map.ranges();
     let mut text = String::new();
     for (i, n) in map.nodes.iter().enumerate() {
