@@ -22,7 +22,7 @@ pub enum NodeIdError {
     #[error("a node id is 40 hex characters, got {0:?}")]
     Malformed(String),
     /// The id file could not be read or written.
-    #[error("node id file {path}: {source}")]
+    #[error("cannot read or write the node id file {path}")]
     Io {
         /// The file.
         path: PathBuf,

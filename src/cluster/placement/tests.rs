@@ -302,3 +302,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_larger_grid_places_and_grows_within_the_rules() {
+    let zones: Vec<String> = (0..24).map(|i| format!("z{}", i % 3)).collect();
+    let zs: Vec<&str> = zones.iter().map(String::as_str).collect();
+    let t = std::time::Instant::now();
+    let before = place(&members(&zs[..23]), 2, &[]);
+    let after = place(&members(&zs), 2, &before);
+    eprintln!("24 nodes, 3 zones, R=2: placed and grown in {:?}", t.elapsed());
+    assert_valid(&members(&zs), 2, &after);
+    assert_balanced(&members(&zs), &after);
+}
