@@ -1,8 +1,10 @@
 //! The grid: node identity, the slot map (which node serves and which copy every hash slot),
 //! placement (a pure function deciding that map from membership and zones), the node's
 //! cluster state, and routing (MOVED/ASK/CROSSSLOT decisions against the map for every keyed
-//! command). Membership agreed through consensus is still to come (see ARCHITECTURE.md).
+//! command), and membership as a deterministic state machine over those. Agreeing on it through
+//! consensus (openraft) is still to come (see ARCHITECTURE.md).
 
+pub mod membership;
 pub mod node_id;
 pub mod placement;
 pub mod router;
@@ -12,6 +14,7 @@ pub mod state;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use membership::{GridCommand, GridState};
 pub use node_id::NodeId;
 pub use placement::{place, Member, SlotAssignment};
 pub use slotmap::{Migration, NodeInfo, Owners, SlotMap};
