@@ -463,3 +463,60 @@ fn the_binary_serves_a_grid_of_one_to_redis_cli_in_cluster_mode() {
     let id = std::fs::read_to_string(dir.path().join(cachegrid::cluster::node_id::NODE_ID_FILE)).unwrap();
     assert_eq!(cli(&["CLUSTER", "MYID"]), id.trim());
 }
+
+#[test]
+fn slots_shards_and_nodes_describe_primaries_and_replicas_of_every_range() {
+    let (nodes, map) = two_node_grid();
+    let (a, b) = (&nodes[0].0, &nodes[1].0);
+    let id = |n: &TestNode| n.server.cluster.get().unwrap().me.to_string();
+    let port = |n: &TestNode| n.addr.port() as i64;
+    let mut con = redis::Client::open(a.url()).unwrap().get_connection().unwrap();
+    // CLUSTER SLOTS: [first, last, primary, replica] per range, nodes as [ip, port, id, {}].
+    let slots: Vec<(i64, i64, (String, i64, String), (String, i64, String))> = {
+        let v: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con).unwrap();
+        let redis::Value::Array(ranges) = v else { panic!("{v:?}") };
+        ranges
+            .iter()
+            .map(|r| {
+                let redis::Value::Array(f) = r else { panic!() };
+                let node = |v: &redis::Value| {
+                    let redis::Value::Array(n) = v else { panic!() };
+                    assert_eq!(n.len(), 4);
+                    redis::from_redis_value::<(String, i64, String)>(&redis::Value::Array(n[..3].to_vec()))
+                        .unwrap()
+                };
+                (
+                    redis::from_redis_value(&f[0]).unwrap(),
+                    redis::from_redis_value(&f[1]).unwrap(),
+                    node(&f[2]),
+                    node(&f[3]),
+                )
+            })
+            .collect()
+    };
+    let owner = |slot: u16| &nodes[node_of(&nodes, &map, slot)].0;
+    assert_eq!(slots.len(), 2);
+    for (first, last, primary, replica) in &slots {
+        let p = owner(*first as u16);
+        let r = if std::ptr::eq(p, a) { b } else { a };
+        assert_eq!(primary, &("127.0.0.1".to_string(), port(p), id(p)));
+        assert_eq!(replica, &("127.0.0.1".to_string(), port(r), id(r)));
+        assert!(*last == 8191 || *last == 16383);
+    }
+    // CLUSTER NODES: one line per node, this one flagged myself, each with its primary range.
+    let text: String = redis::cmd("CLUSTER").arg("NODES").query(&mut con).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let mine = lines.iter().find(|l| l.starts_with(&id(a))).unwrap();
+    assert!(mine.contains(" myself,master - 0 0 1 connected "), "{mine}");
+    assert!(mine.ends_with(if node_of(&nodes, &map, 0) == 0 { " 0-8191" } else { " 8192-16383" }), "{mine}");
+    // CLUSTER SHARDS: two shards, each a master and a replica.
+    let shards = a.raw().cmd_str(&["CLUSTER", "SHARDS"]);
+    assert!(shards.starts_with("*2\r\n"), "{shards}");
+    assert_eq!(shards.matches("$6\r\nmaster\r\n").count(), 2, "{shards}");
+    assert_eq!(shards.matches("$7\r\nreplica\r\n").count(), 2, "{shards}");
+    assert!(a
+        .raw()
+        .cmd_str(&["CLUSTER", "INFO"])
+        .contains("cluster_known_nodes:2\r\ncluster_size:2\r\ncluster_current_epoch:1"));
+}
