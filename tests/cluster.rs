@@ -464,6 +464,9 @@ fn the_binary_serves_a_grid_of_one_to_redis_cli_in_cluster_mode() {
     assert_eq!(cli(&["CLUSTER", "MYID"]), id.trim());
 }
 
+/// A node as CLUSTER SLOTS lists it: ip, port, id.
+type SlotsNode = (String, i64, String);
+
 #[test]
 fn slots_shards_and_nodes_describe_primaries_and_replicas_of_every_range() {
     let (nodes, map) = two_node_grid();
@@ -472,7 +475,7 @@ fn slots_shards_and_nodes_describe_primaries_and_replicas_of_every_range() {
     let port = |n: &TestNode| n.addr.port() as i64;
     let mut con = redis::Client::open(a.url()).unwrap().get_connection().unwrap();
     // CLUSTER SLOTS: [first, last, primary, replica] per range, nodes as [ip, port, id, {}].
-    let slots: Vec<(i64, i64, (String, i64, String), (String, i64, String))> = {
+    let slots: Vec<(i64, i64, SlotsNode, SlotsNode)> = {
         let v: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con).unwrap();
         let redis::Value::Array(ranges) = v else { panic!("{v:?}") };
         ranges
