@@ -25,4 +25,13 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
   echo "warning: no Postgres on 127.0.0.1:5432; the persistence tests need it (trust auth, database test)" >&2
 fi
 
-cargo test --workspace --all-targets "$@"
+# nextest runs each test in its own process; a test that fails and then passes on its one
+# retry is reported as FLAKY in the summary (and must be looked at), not hidden.
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-targets --retries 1 "$@"
+  cargo test --workspace --doc
+else
+  echo "cargo-nextest not found: running cargo test (no retries)" >&2
+  cargo test --workspace --all-targets "$@"
+  cargo test --workspace --doc
+fi

@@ -73,6 +73,16 @@ pub struct Config {
     pub writebehind_fsync: String,
     /// Key spaces backed by Postgres (`[[keyspace]]` tables in TOML).
     pub keyspace: Vec<crate::persistence::KeyspaceConfig>,
+    /// Serve Redis Cluster's protocol (slots, MOVED, CLUSTER commands); off: a standalone node.
+    pub cluster_enabled: bool,
+    /// Failure zone of this node (rack, availability zone): replicas avoid their primary's.
+    pub zone: String,
+    /// Replicas per slot (R).
+    pub cluster_replicas: usize,
+    /// Cluster bus port; 0 means the client port + 10000, as in Redis.
+    pub cluster_port: u16,
+    /// Address announced to clients and peers; empty means the bind address.
+    pub cluster_announce_ip: String,
 }
 
 impl Default for Config {
@@ -105,6 +115,11 @@ impl Default for Config {
             postgres_url: None,
             writebehind_fsync: "everysec".into(),
             keyspace: Vec::new(),
+            cluster_enabled: false,
+            zone: "default".into(),
+            cluster_replicas: 1,
+            cluster_port: 0,
+            cluster_announce_ip: String::new(),
         }
     }
 }
@@ -157,6 +172,18 @@ impl Config {
         }
         if self.maxclients == 0 {
             return Err(ConfigError::Invalid { name: "maxclients", reason: "must be at least 1".into() });
+        }
+        if self.cluster_replicas > 5 {
+            return Err(ConfigError::Invalid {
+                name: "cluster-replicas",
+                reason: "must be between 0 and 5".into(),
+            });
+        }
+        if self.zone.is_empty() || self.zone.len() > 64 || self.zone.chars().any(|c| c.is_whitespace()) {
+            return Err(ConfigError::Invalid {
+                name: "zone",
+                reason: "must be 1 to 64 characters without spaces".into(),
+            });
         }
         if !(1..=500).contains(&self.hz) {
             return Err(ConfigError::Invalid { name: "hz", reason: "must be between 1 and 500".into() });
@@ -253,5 +280,19 @@ mod tests {
             assert_eq!(c.hz, 30);
             Ok(())
         });
+    }
+
+    #[test]
+    fn cluster_options_are_checked() {
+        let ok = Config {
+            cluster_enabled: true,
+            zone: "eu-west-1a".into(),
+            cluster_replicas: 2,
+            ..Config::default()
+        };
+        assert!(ok.validate().is_ok());
+        assert!(Config { zone: "".into(), ..ok.clone() }.validate().is_err());
+        assert!(Config { zone: "a b".into(), ..ok.clone() }.validate().is_err());
+        assert!(Config { cluster_replicas: 6, ..ok }.validate().is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! `commands` (dispatch, one file per family) → `store` (the slot-indexed keyspace).
 
 pub mod admin;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod node;

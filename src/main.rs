@@ -105,6 +105,14 @@ struct NodeArgs {
     #[arg(long = "shutdown-drain")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "shutdown-drain")]
     shutdown_drain: Option<u64>,
+    /// Serve Redis Cluster's protocol (a grid of one until others join).
+    #[arg(long = "cluster-enabled")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-enabled")]
+    cluster_enabled: Option<bool>,
+    /// Failure zone of this node (rack, availability zone).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zone: Option<String>,
 }
 
 fn init_logging(config: &Config) {

@@ -117,7 +117,10 @@ fn hello(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
         (Reply::bulk_static("version"), Reply::bulk_static(REDIS_VERSION)),
         (Reply::bulk_static("proto"), Reply::Int(if version == RespVersion::Resp3 { 3 } else { 2 })),
         (Reply::bulk_static("id"), Reply::Int(ctx.client.id() as i64)),
-        (Reply::bulk_static("mode"), Reply::bulk_static("standalone")),
+        (
+            Reply::bulk_static("mode"),
+            Reply::bulk_static(if ctx.server.cluster.get().is_some() { "cluster" } else { "standalone" }),
+        ),
         (Reply::bulk_static("role"), Reply::bulk_static("master")),
         (Reply::bulk_static("modules"), Reply::Array(vec![])),
     ])
@@ -148,5 +151,6 @@ fn reset(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     *ctx.client.info.name.lock() = None;
     ctx.client.info.no_evict.store(false, Ordering::Relaxed);
     ctx.client.authenticated = ctx.server.config.read().requirepass.is_none();
+    ctx.client.cluster = Default::default();
     Reply::simple("RESET")
 }

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod client;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod connection;
@@ -163,6 +164,7 @@ pub fn all_commands() -> impl Iterator<Item = &'static CommandSpec> {
         transactions::COMMANDS,
         server::COMMANDS,
         client::COMMANDS,
+        cluster::COMMANDS,
         command::COMMANDS,
         config::COMMANDS,
     ]
@@ -314,6 +316,12 @@ fn execute_spec(
     if !client.authenticated && !spec.has_flag("no-auth") {
         transactions::flag_error_in_multi(client);
         return Reply::error("NOAUTH Authentication required.");
+    }
+    // Cluster mode: the one slot-owner lookup that may redirect the client.
+    if let Some(cluster) = server.cluster.get() {
+        if let Some(redirect) = crate::cluster::router::check(cluster, server, client, spec, &args) {
+            return redirect;
+        }
     }
     if spec.is_write() {
         if let Some(p) = server.persistence.get() {

@@ -199,7 +199,7 @@ fn section(ctx: &mut Ctx<'_, '_>, name: &str, out: &mut String) {
             f("redis_git_sha1", &"00000000");
             f("redis_git_dirty", &0);
             f("redis_build_id", &"0");
-            f("redis_mode", &"standalone");
+            f("redis_mode", &if ctx.server.cluster.get().is_some() { "cluster" } else { "standalone" });
             f("os", &os_name());
             f("arch_bits", &usize::BITS);
             f("monotonic_clock", &"POSIX clock_gettime");
@@ -330,7 +330,7 @@ fn section(ctx: &mut Ctx<'_, '_>, name: &str, out: &mut String) {
             f("used_cpu_user_children", &"0.000000");
         }
         "cluster" => {
-            f("cluster_enabled", &0);
+            f("cluster_enabled", &(ctx.server.cluster.get().is_some() as u8));
         }
         "keyspace" => {
             let keys = ks.len();

@@ -188,6 +188,8 @@ pub struct ClientState {
     pub now_ms: u64,
     /// CLIENT TRACKING mode of this connection.
     pub tracking: super::tracking::ConnTracking,
+    /// READONLY and ASKING.
+    pub cluster: crate::cluster::ClientFlags,
 }
 
 impl ClientState {
@@ -204,6 +206,7 @@ impl ClientState {
             close_after_reply: false,
             now_ms: clock::now_ms(),
             tracking: Default::default(),
+            cluster: Default::default(),
         }
     }
 

@@ -80,6 +80,8 @@ pub struct Server {
     pub command_stats: crate::admin::stats::CommandStats,
     /// Postgres-backed key spaces, when configured (set once at start).
     pub persistence: std::sync::OnceLock<Arc<crate::persistence::Persistence>>,
+    /// Cluster state; set at start when `cluster-enabled` (unset: a standalone node).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Server {
@@ -119,6 +121,7 @@ impl Server {
             draining: Default::default(),
             command_stats: Default::default(),
             persistence: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         };
         server.keyspace.add_listener(server.tracking.clone());
         server.memory.refresh(0);
@@ -180,6 +183,7 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {bind}:{port}"))?;
     let addr = listener.local_addr()?;
     *server.addr.write() = Some(addr);
+    crate::cluster::enable(&server, addr).context("cannot start cluster mode")?;
     info!(%addr, "cachegrid node ready to accept connections");
     if let Some(tx) = bound {
         let _ = tx.send(addr);

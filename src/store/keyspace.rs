@@ -981,6 +981,13 @@ impl<'a> Db<'a> {
         shard.slots[slot - shard.first_slot].table.len()
     }
 
+    /// Up to `max` keys of `slot` (CLUSTER GETKEYSINSLOT; later, migration), expired keys not
+    /// yet reclaimed included, as Redis counts them.
+    pub fn keys_in_slot(&mut self, slot: usize, max: usize) -> Vec<Box<[u8]>> {
+        let shard = self.shard(slot);
+        shard.slots[slot - shard.first_slot].table.iter().take(max).map(|e| e.key.clone()).collect()
+    }
+
     /// Removes expired keys from the locked shards, looking at up to `budget` entries.
     fn expire_sweep(&mut self, shard_pos: usize, budget: usize) -> (usize, usize) {
         let now = self.now;

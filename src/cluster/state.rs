@@ -1,0 +1,134 @@
+//! The node's view of the grid: who it is and the slot map in force. Routing reads the map on
+//! every keyed command, so it sits behind a read-mostly lock and is swapped whole.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::node_id::NodeId;
+use super::placement::{place, Member};
+use super::slotmap::{NodeInfo, SlotMap};
+use crate::config::Config;
+
+/// Cluster state shared by every connection of a node.
+pub struct Cluster {
+    /// This node's identity.
+    pub me: NodeId,
+    view: RwLock<Arc<View>>,
+}
+
+/// A slot map with this node's place in it, worked out once per map rather than per command.
+pub struct View {
+    /// The map.
+    pub map: SlotMap,
+    /// This node's index in `map.nodes`; None when the map does not include it.
+    pub me: Option<u16>,
+}
+
+/// Why a map was not installed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InstallError {
+    /// Its epoch is older than the map in force: a late message must not roll the grid back.
+    #[error("slot map epoch {offered} is older than the current epoch {current}")]
+    Stale {
+        /// Epoch of the refused map.
+        offered: u64,
+        /// Epoch in force.
+        current: u64,
+    },
+    /// The map does not hold together.
+    #[error(transparent)]
+    Invalid(#[from] super::slotmap::SlotMapError),
+}
+
+impl Cluster {
+    /// A grid of one: this node, listening on `addr`, primary of every slot. This is what a
+    /// node with `cluster-enabled` serves until it joins others.
+    pub fn single(me: NodeId, config: &Config, addr: SocketAddr) -> Cluster {
+        let info = announce(me, config, addr);
+        let members = [Member { id: me, zone: info.zone.clone() }];
+        let assignment = place(&members, config.cluster_replicas, &[]);
+        let map = SlotMap::from_assignment(0, vec![info], &assignment).expect("a one-node map is valid");
+        let me_index = map.index_of(&me);
+        Cluster { me, view: RwLock::new(Arc::new(View { map, me: me_index })) }
+    }
+
+    /// The map in force, with this node's index in it.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().clone()
+    }
+
+    /// The map in force.
+    pub fn map(&self) -> SlotMap {
+        self.view().map.clone()
+    }
+
+    /// Installs `map` unless it is older than the one in force. The consensus layer calls this
+    /// when a new map is committed; tests call it to lay out a grid by hand.
+    pub fn install(&self, map: SlotMap) -> Result<(), InstallError> {
+        map.validate()?;
+        let mut current = self.view.write();
+        if map.epoch < current.map.epoch {
+            return Err(InstallError::Stale { offered: map.epoch, current: current.map.epoch });
+        }
+        let me = map.index_of(&self.me);
+        *current = Arc::new(View { map, me });
+        Ok(())
+    }
+}
+
+/// How this node is described to clients and peers.
+pub fn announce(me: NodeId, config: &Config, addr: SocketAddr) -> NodeInfo {
+    let host = if !config.cluster_announce_ip.is_empty() {
+        config.cluster_announce_ip.clone()
+    } else if addr.ip().is_unspecified() {
+        // Listening on every interface: clients need one concrete address.
+        tracing::warn!("bind is a wildcard address; announcing 127.0.0.1 (set cluster-announce-ip)");
+        "127.0.0.1".into()
+    } else {
+        addr.ip().to_string()
+    };
+    let bus_port = match config.cluster_port {
+        0 => addr.port().checked_add(10000).unwrap_or(0),
+        p => p,
+    };
+    NodeInfo { id: me, host, port: addr.port(), bus_port, zone: config.zone.clone() }
+}
+
+/// Per-connection cluster flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientFlags {
+    /// READONLY: reads of slots this node replicates are served here.
+    pub readonly: bool,
+    /// ASKING: the next command may run on a slot this node is importing.
+    pub asking: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_node_owns_every_slot_and_announces_its_address() {
+        let config = Config { zone: "z1".into(), ..Config::default() };
+        let c = Cluster::single(NodeId([1; 20]), &config, "127.0.0.1:7001".parse().unwrap());
+        let map = c.map();
+        assert_eq!(map.assigned_slots(), crate::store::SLOT_COUNT);
+        assert_eq!(map.nodes[0].endpoint(), "127.0.0.1:7001");
+        assert_eq!(map.nodes[0].bus_port, 17001);
+        assert_eq!(map.nodes[0].zone, "z1");
+        assert_eq!(map.ranges().len(), 1);
+    }
+
+    #[test]
+    fn older_maps_are_refused() {
+        let c = Cluster::single(NodeId([1; 20]), &Config::default(), "127.0.0.1:7001".parse().unwrap());
+        let mut newer = c.map();
+        newer.epoch = 5;
+        c.install(newer.clone()).unwrap();
+        newer.epoch = 4;
+        assert_eq!(c.install(newer), Err(InstallError::Stale { offered: 4, current: 5 }));
+        assert_eq!(c.map().epoch, 5);
+    }
+}
