@@ -1,6 +1,6 @@
 //! Configuration of backed key spaces: which keys go to which table, and how.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
@@ -60,7 +60,7 @@ pub struct KeyspaceConfig {
     /// Most batches in flight at once.
     pub max_inflight_batches: usize,
     /// Bound of the durable queue on disk; writes are refused with TRYAGAIN beyond it.
-    #[serde(deserialize_with = "de_size")]
+    #[serde(deserialize_with = "crate::config::de_size")]
     pub queue_max_bytes: u64,
     /// Most rows written per second, so a backlog drains without flattening Postgres.
     pub max_rows_per_sec: u64,
@@ -83,20 +83,6 @@ impl Default for KeyspaceConfig {
             max_rows_per_sec: 100_000,
             negative_ttl_ms: 5000,
         }
-    }
-}
-
-fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        N(u64),
-        S(String),
-    }
-    match Size::deserialize(d)? {
-        Size::N(n) => Ok(n),
-        Size::S(s) => crate::config::parse_size(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid size '{s}'"))),
     }
 }
 

@@ -420,6 +420,22 @@ impl Shard {
     }
 }
 
+/// Keeps a slot's and its shard's counts of keys with a TTL right when a key's TTL goes from
+/// `had` to `has`.
+fn count_volatile(slot: &mut u32, shard: &mut usize, had: bool, has: bool) {
+    match (had, has) {
+        (false, true) => {
+            *slot += 1;
+            *shard += 1;
+        }
+        (true, false) => {
+            *slot -= 1;
+            *shard -= 1;
+        }
+        _ => {}
+    }
+}
+
 /// Milliseconds since the key was last touched, from the wrapping LRU clock.
 fn lru_idle(now: u32, then: u32) -> u32 {
     now.wrapping_sub(then)
@@ -657,17 +673,7 @@ impl<'a> Db<'a> {
         if let Some(e) = table.table.find_mut(hash, |e| &*e.key == key) {
             if !e.is_expired(now) {
                 // Overwrite in place: the key and its entry keep their allocations.
-                match (e.expire_at != 0, expire_at != 0) {
-                    (false, true) => {
-                        table.volatile += 1;
-                        shard.volatile += 1;
-                    }
-                    (true, false) => {
-                        table.volatile -= 1;
-                        shard.volatile -= 1;
-                    }
-                    _ => {}
-                }
+                count_volatile(&mut table.volatile, &mut shard.volatile, e.expire_at != 0, expire_at != 0);
                 let old = std::mem::replace(&mut e.value, value);
                 e.expire_at = expire_at;
                 e.access = access;
@@ -736,17 +742,7 @@ impl<'a> Db<'a> {
             return false;
         };
         let new = expire_at.unwrap_or(0);
-        match (e.expire_at != 0, new != 0) {
-            (false, true) => {
-                table.volatile += 1;
-                shard.volatile += 1;
-            }
-            (true, false) => {
-                table.volatile -= 1;
-                shard.volatile -= 1;
-            }
-            _ => {}
-        }
+        count_volatile(&mut table.volatile, &mut shard.volatile, e.expire_at != 0, new != 0);
         e.expire_at = new;
         self.signal(key, Removal::Command);
         true
