@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use rand::Rng;
 
-use super::args::{is, parse_i64};
+use super::args::{is, parse_cursor, parse_i64, parse_scan_options};
 use super::strings::long_double::Ld;
 use super::strings::{parse_long_double, LongDouble};
 use super::{cmd, err, wrong_arity, CommandSpec, Ctx, Keys};
@@ -240,21 +240,8 @@ fn hincrbyfloat(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
 }
 
 /// Validates a SCAN cursor as Redis's `strtoul` check does (sign allowed, no spaces).
-fn valid_cursor(c: &[u8]) -> bool {
-    let digits = match c.first() {
-        Some(b'+' | b'-') => &c[1..],
-        _ => c,
-    };
-    if c.is_empty() {
-        return true;
-    }
-    !digits.is_empty()
-        && digits.iter().all(u8::is_ascii_digit)
-        && std::str::from_utf8(digits).ok().and_then(|d| d.parse::<u64>().ok()).is_some()
-}
-
 fn hscan(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
-    if !valid_cursor(&args[2]) {
+    if parse_cursor(&args[2]).is_none() {
         return Reply::error("ERR invalid cursor");
     }
     let h = match hash_read(ctx.db, &args[1]) {
@@ -262,23 +249,10 @@ fn hscan(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
         Ok(None) => return Reply::Array(vec![Reply::bulk(b"0"), Reply::Array(vec![])]),
         Err(e) => return e,
     };
-    let mut pattern: Option<&[u8]> = None;
-    let mut i = 3;
-    while i < args.len() {
-        let has_value = i + 1 < args.len();
-        if is(&args[i], "COUNT") && has_value {
-            match parse_i64(&args[i + 1]) {
-                None => return err::not_integer(),
-                Some(n) if n < 1 => return err::syntax(),
-                Some(_) => {}
-            }
-        } else if is(&args[i], "MATCH") && has_value {
-            pattern = (&args[i + 1][..] != b"*").then_some(&args[i + 1][..]);
-        } else {
-            return err::syntax();
-        }
-        i += 2;
-    }
+    let pattern = match parse_scan_options(args, 3, false) {
+        Ok(o) => o.pattern,
+        Err(e) => return e,
+    };
     // The whole hash in one reply, as Redis does for compact hashes.
     let mut items = Vec::new();
     for (f, v) in h.iter() {
@@ -350,19 +324,4 @@ fn hrandfield(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
         }
     }
     Reply::Array(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_follow_strtoul() {
-        for ok in [&b""[..], b"0", b"-1", b"+5", b"18446744073709551615"] {
-            assert!(valid_cursor(ok), "{ok:?}");
-        }
-        for bad in [&b"abc"[..], b" 1", b"1 ", b"+", b"-", b"18446744073709551616", b"0x1"] {
-            assert!(!valid_cursor(bad), "{bad:?}");
-        }
-    }
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::args::{is, parse_i64};
+use super::args::{is, parse_cursor, parse_i64, parse_scan_options, ScanOptions};
 use super::{cmd, err, CommandSpec, Ctx, Keys};
 use crate::protocol::Reply;
 use crate::store::glob::glob_match;
@@ -229,52 +229,16 @@ fn keys(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
 
 /// Parses a SCAN cursor as Redis's `strtoul` check does: optional sign, digits, no space;
 /// an empty cursor is 0 and a negative one wraps.
-fn parse_cursor(b: &[u8]) -> Option<u64> {
-    if b.is_empty() {
-        return Some(0);
-    }
-    let (neg, digits) = match b[0] {
-        b'-' => (true, &b[1..]),
-        b'+' => (false, &b[1..]),
-        _ => (false, b),
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let mut v: u64 = 0;
-    for &d in digits {
-        v = v.checked_mul(10)?.checked_add((d - b'0') as u64)?;
-    }
-    Some(if neg { v.wrapping_neg() } else { v })
-}
-
 /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]. The cursor is a slot number (see
 /// `Db::scan`), so every key present for the whole iteration is returned.
 fn scan(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
     let Some(cursor) = parse_cursor(&args[1]) else {
         return Reply::error("ERR invalid cursor");
     };
-    let mut count = 10usize;
-    let mut pattern: Option<&[u8]> = None;
-    let mut type_name: Option<&[u8]> = None;
-    let mut i = 2;
-    while i < args.len() {
-        let has_value = i + 1 < args.len();
-        if is(&args[i], "COUNT") && has_value {
-            match parse_i64(&args[i + 1]) {
-                None => return err::not_integer(),
-                Some(n) if n < 1 => return err::syntax(),
-                Some(n) => count = n as usize,
-            }
-        } else if is(&args[i], "MATCH") && has_value {
-            pattern = Some(&args[i + 1]).filter(|p| p.as_ref() != b"*").map(|p| p.as_ref());
-        } else if is(&args[i], "TYPE") && has_value {
-            type_name = Some(&args[i + 1]);
-        } else {
-            return err::syntax();
-        }
-        i += 2;
-    }
+    let ScanOptions { count, pattern, type_name } = match parse_scan_options(args, 2, true) {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
     let (next, found) = ctx.db.scan(cursor, count, |e| {
         pattern.is_none_or(|p| glob_match(p, e.key(), false))
             && type_name.is_none_or(|t| t.eq_ignore_ascii_case(e.value.type_name().as_bytes()))
@@ -287,20 +251,4 @@ fn scan(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
 
 fn randomkey(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     ctx.db.random_key().map(|k| Reply::bulk(&k)).unwrap_or(Reply::Nil)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_cursor;
-
-    #[test]
-    fn cursor_parses_like_strtoul() {
-        assert_eq!(parse_cursor(b""), Some(0));
-        assert_eq!(parse_cursor(b"+7"), Some(7));
-        assert_eq!(parse_cursor(b"007"), Some(7));
-        assert_eq!(parse_cursor(b"-1"), Some(u64::MAX));
-        for bad in [&b" 1"[..], b"1 ", b"+", b"abc", b"99999999999999999999999"] {
-            assert_eq!(parse_cursor(bad), None);
-        }
-    }
 }
