@@ -19,5 +19,6 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cache;
 pub mod grid;
 pub mod session;
