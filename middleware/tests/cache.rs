@@ -176,6 +176,7 @@ async fn a_fresh_response_is_served_from_the_grid_with_its_age() {
     assert_eq!((second.status, second.x_cache(), second.body.as_str()), (StatusCode::OK, "HIT", "hello"));
     assert_eq!(second.headers["age"], "0");
     assert_eq!(second.headers["etag"], "\"v1\"");
+    assert!(httpdate::parse_http_date(second.headers["date"].to_str().unwrap()).is_ok());
     assert_eq!(env.calls.of("/plain"), 1);
 
     // HEAD is its own key, and a hit has no body.
@@ -321,8 +322,32 @@ async fn concurrent_misses_for_one_key_make_one_upstream_call() {
     env.stop().await;
 }
 
+/// Log lines captured by a test (a tracing writer).
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Log {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock()).matches(needle).count()
+    }
+}
+
 #[tokio::test]
 async fn requests_pass_through_while_the_grid_is_down() {
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     let env = Env::start().await;
     let app = env.app(config());
     assert_eq!(get_(&app, "/plain").await.x_cache(), "MISS");
@@ -333,10 +358,25 @@ async fn requests_pass_through_while_the_grid_is_down() {
         assert_eq!((r.status, r.x_cache(), r.body.as_str()), (StatusCode::OK, "BYPASS", "hello"));
     }
     assert_eq!(calls.of("/plain"), 4);
+    assert_eq!(log.count("response cache: grid unreachable"), 1, "logged once per outage");
 
     // A grid that was never there: the same.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let app = app_on(&format!("redis://127.0.0.1:{port}/"), config(), calls.clone());
     let r = get_(&app, "/vary").await;
     assert_eq!((r.status, r.x_cache()), (StatusCode::OK, "BYPASS"));
+}
+
+#[tokio::test]
+async fn an_embedded_node_serves_as_the_grid() {
+    let grid = cachegrid_middleware::grid::EmbeddedGrid::start_default().await.unwrap();
+    let calls = Arc::new(Calls::default());
+    let app = upstream(calls.clone()).layer(CacheLayer::new(grid.clone(), config()));
+    assert_eq!(get_(&app, "/plain").await.x_cache(), "MISS");
+    let hit = get_(&app, "/plain").await;
+    assert_eq!((hit.x_cache(), hit.body.as_str()), ("HIT", "hello"));
+    assert_eq!(calls.of("/plain"), 1);
+    if let Grid::Embedded(e) = grid {
+        e.shutdown().await;
+    }
 }

@@ -148,6 +148,10 @@ impl Entry {
         let p = policy(&stored_req, status, policy_headers(&headers, self.default_ttl), response_time);
         match p.before_request(req, SystemTime::now()) {
             http_cache_semantics::BeforeRequest::Fresh(mut parts) => {
+                // The crate writes `Date` in RFC 2822 form; HTTP wants IMF-fixdate.
+                if let Ok(d) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
+                    parts.headers.insert(http::header::DATE, d);
+                }
                 // Show the client the upstream's Cache-Control, not the default TTL.
                 parts.headers.remove(CACHE_CONTROL);
                 for v in headers.get_all(CACHE_CONTROL) {
