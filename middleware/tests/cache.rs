@@ -55,6 +55,7 @@ fn upstream(calls: Arc<Calls>) -> Router {
             .unwrap()
         })
     };
+    let table_calls = calls.clone();
     let vary_calls = calls.clone();
     let slow_calls = calls.clone();
     let big_calls = calls.clone();
@@ -75,6 +76,17 @@ fn upstream(calls: Arc<Calls>) -> Router {
         .route(
             "/cookie",
             route("/cookie", &[("cache-control", "public, max-age=60"), ("set-cookie", "id=1")], "cookie"),
+        )
+        .route(
+            "/table",
+            get(move |h: HeaderMap, q: axum::extract::Query<HashMap<String, String>>| async move {
+                count(&table_calls, "/table", &h);
+                let mut res = axum::http::Response::builder();
+                for (k, v) in q.0.iter() {
+                    res = res.header(k.as_str(), v.as_str());
+                }
+                res.body(Body::from("table")).unwrap()
+            }),
         )
         .route(
             "/vary",
@@ -379,4 +391,39 @@ async fn an_embedded_node_serves_as_the_grid() {
     if let Grid::Embedded(e) = grid {
         e.shutdown().await;
     }
+}
+
+/// RFC 9111 freshness as a shared cache sees it: the response headers (given to the upstream
+/// in the query), and whether a second request is served from the cache.
+#[tokio::test]
+async fn freshness_follows_rfc_9111() {
+    let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let past = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(3600));
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("cache-control", "max-age=60")], "HIT"),
+        (&[("cache-control", "s-maxage=60")], "HIT"),
+        (&[("cache-control", "public, max-age=60")], "HIT"),
+        (&[("cache-control", "max-age=60, must-revalidate")], "HIT"),
+        (&[("expires", &future)], "HIT"),
+        (&[("cache-control", "max-age=0")], "MISS"),
+        (&[("cache-control", "s-maxage=0, max-age=60")], "MISS"),
+        (&[("cache-control", "no-cache, max-age=60")], "MISS"),
+        (&[("cache-control", "no-store, max-age=60")], "MISS"),
+        (&[("cache-control", "private, max-age=60")], "MISS"),
+        (&[("expires", &past)], "MISS"),
+        (&[("cache-control", "max-age=60"), ("vary", "*")], "MISS"),
+        (&[], "MISS"),
+    ];
+    let env = Env::start().await;
+    let app = env.app(config());
+    for (headers, expected) in cases {
+        let query: Vec<String> = headers
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.replace(' ', "%20").replace(',', "%2C")))
+            .collect();
+        let path = format!("/table?{}", query.join("&"));
+        assert_eq!(get_(&app, &path).await.x_cache(), "MISS", "{headers:?}");
+        assert_eq!(get_(&app, &path).await.x_cache(), *expected, "{headers:?}");
+    }
+    env.stop().await;
 }
