@@ -123,7 +123,8 @@ fn tagged(mut res: Response<Body>, source: Source) -> Response<Body> {
     res
 }
 
-/// A copy of a request head without its extensions (which need not be `Clone`).
+/// A copy of a request head without its extensions, kept to judge and answer the response
+/// while the request itself goes upstream.
 fn head_of(p: &http::request::Parts) -> http::request::Parts {
     let mut r = Request::new(());
     *r.method_mut() = p.method.clone();
@@ -165,8 +166,9 @@ impl Shared {
         if let Ok(Some(hit)) = self.lookup(&primary, &parts).await {
             return Ok(self.answer(&parts, hit.0, hit.1, Source::Hit));
         }
-        let res = inner.call(upstream_request(&parts, body)).await?;
-        Ok(self.fill(res, &parts, &primary).await)
+        let head = head_of(&parts);
+        let res = inner.call(upstream_request(parts, body)).await?;
+        Ok(self.fill(res, &head, &primary).await)
     }
 
     /// The fresh entry matching this request, if any; `Err` when the grid is unusable.
@@ -292,12 +294,10 @@ impl Shared {
 
 /// The request sent upstream on a miss: the client's validators are held back, so the
 /// upstream sends a full response to store; the client's 304 is then made from it.
-fn upstream_request<B>(parts: &http::request::Parts, body: B) -> Request<B> {
-    let mut head = head_of(parts);
-    head.headers.remove(IF_NONE_MATCH);
-    head.headers.remove(IF_MODIFIED_SINCE);
-    head.extensions = parts.extensions.clone();
-    Request::from_parts(head, body)
+fn upstream_request<B>(mut parts: http::request::Parts, body: B) -> Request<B> {
+    parts.headers.remove(IF_NONE_MATCH);
+    parts.headers.remove(IF_MODIFIED_SINCE);
+    Request::from_parts(parts, body)
 }
 
 /// Calls the upstream without the cache.
