@@ -1,6 +1,7 @@
 //! Tower layers that keep web state in a cachegrid grid (or plain Redis / Redis Cluster):
-//! [`session`] (a `SessionLayer` and `Session` extractor with the tower-sessions API) and the
-//! [`grid`] client it shares with the response cache.
+//! [`session`] (a `SessionLayer` and `Session` extractor with the tower-sessions API),
+//! [`cache`] (a `CacheLayer` sharing HTTP responses between instances) and the [`grid`]
+//! client both use.
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
@@ -19,5 +20,6 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cache;
 pub mod grid;
 pub mod session;
