@@ -34,6 +34,9 @@ impl Node {
         match rx.await {
             Ok(addr) => {
                 let admin = crate::admin::start(server.clone(), admin_listener)?;
+                if let Some(p) = server.persistence.get() {
+                    admin.add_collector(p.clone());
+                }
                 Ok(Node { server, addr, admin, task })
             }
             Err(_) => {

@@ -278,3 +278,31 @@ async fn write_through_replies_after_the_commit() {
     drop(node);
     exec(MACHINE_URL, &format!("DROP TABLE {table}; DROP TABLE {table}_dead_letters"));
 }
+
+/// The admin port's `/metrics` shows the write-behind queue and database state, per key space,
+/// read from the same counters as INFO.
+#[test]
+fn write_behind_figures_reach_the_metrics_endpoint() {
+    use cachegrid::admin::metrics::Collector;
+    let table = unique_table("metrics");
+    let (node, _dir) = backed_node(&table, "m:*", |_| {});
+    let mut raw = node.raw();
+    for i in 0..50 {
+        assert_eq!(raw.cmd_str(&["SET", &format!("m:{}", i % 10), "v"]), "+OK\r\n");
+    }
+    flush(&node);
+    let p = node.server.persistence.get().unwrap().clone();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || p.collect());
+    let text = handle.render();
+    assert!(text.contains("cachegrid_postgres_up 1"), "{text}");
+    let written = text
+        .lines()
+        .find(|l| l.starts_with("cachegrid_writebehind_rows_written_total{keyspace=\"ks\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no rows_written series in {text}"));
+    assert!((1.0..=50.0).contains(&written), "{written} rows written for 50 writes over 10 keys");
+    assert!(text.contains("cachegrid_writebehind_pending_keys{keyspace=\"ks\"} 0"), "{text}");
+    exec(MACHINE_URL, &format!("DROP TABLE IF EXISTS {table}, {table}_dead_letters"));
+}

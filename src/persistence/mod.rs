@@ -13,6 +13,7 @@
 pub mod config;
 pub mod health;
 pub mod loader;
+mod metrics;
 pub mod postgres;
 pub mod queue;
 pub mod record;
