@@ -83,6 +83,12 @@ pub struct Config {
     pub cluster_port: u16,
     /// Address announced to clients and peers; empty means the bind address.
     pub cluster_announce_ip: String,
+    /// Refuse non-loopback clients while the `default` user has no password
+    /// (`protected-mode`, on by default as in Redis).
+    pub protected_mode: bool,
+    /// ACL users, one per entry in Redis's ACL file syntax without the leading `user`
+    /// (`"alice on >secret ~session:* +@read +@write"`); applied after `requirepass`.
+    pub acl: Vec<String>,
 }
 
 impl Default for Config {
@@ -120,6 +126,8 @@ impl Default for Config {
             cluster_replicas: 1,
             cluster_port: 0,
             cluster_announce_ip: String::new(),
+            protected_mode: true,
+            acl: Vec::new(),
         }
     }
 }
@@ -169,6 +177,9 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid { name: "log-format", reason: "must be text or json".into() });
+        }
+        if let Err(e) = crate::acl::Acl::from_config(self) {
+            return Err(ConfigError::Invalid { name: "acl", reason: e.to_string() });
         }
         if self.maxclients == 0 {
             return Err(ConfigError::Invalid { name: "maxclients", reason: "must be at least 1".into() });

@@ -190,6 +190,8 @@ pub struct ClientState {
     pub tracking: super::tracking::ConnTracking,
     /// READONLY and ASKING.
     pub cluster: crate::cluster::ClientFlags,
+    /// The ACL user after AUTH; None is the `default` user.
+    pub user: Option<Arc<crate::acl::User>>,
 }
 
 impl ClientState {
@@ -207,6 +209,7 @@ impl ClientState {
             now_ms: clock::now_ms(),
             tracking: Default::default(),
             cluster: Default::default(),
+            user: None,
         }
     }
 
