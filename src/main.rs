@@ -83,7 +83,11 @@ struct NodeArgs {
     requirepass: Option<String>,
     /// `yes` or `no`: refuse non-loopback clients while the default user has no password.
     #[arg(long, value_parser = ["yes", "no"])]
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_yes_no")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        rename = "protected-mode",
+        serialize_with = "ser_yes_no"
+    )]
     protected_mode: Option<String>,
     /// Directory for the node's files.
     #[arg(long)]

@@ -170,6 +170,7 @@ fn users_from_configuration_log_in_with_auth_and_hello() {
     let hello = r.cmd_str(&["HELLO", "3", "AUTH", "app", "apppw"]);
     assert!(hello.starts_with("%7"), "{hello}");
     assert_eq!(r.cmd_str(&["ACL", "WHOAMI"]), "$3\r\napp\r\n");
+    assert!(r.cmd_str(&["CLIENT", "INFO"]).contains(" user=app "));
     assert_eq!(r.cmd_str(&["SET", "session:1", "v"]), "+OK\r\n");
     assert!(r.cmd_str(&["SET", "cache:1", "v"]).starts_with("-NOPERM"));
     // RESET goes back to the default user, which is off here.
@@ -208,12 +209,19 @@ fn protected_mode_is_on_by_default_and_loopback_clients_pass() {
         "*2\r\n$14\r\nprotected-mode\r\n$3\r\nyes\r\n"
     );
     assert_eq!(r.cmd_str(&["PING"]), "+PONG\r\n");
-    // The refusal of a remote client is decided by a pure function (unit-tested in
-    // src/acl/protected.rs): every 127.0.0.0/8 address is loopback here, so no test can be remote.
+    // Every 127.0.0.0/8 address is loopback here, so no test client can be remote: the
+    // decision the accept loop makes is asked directly, for a remote and a loopback peer.
     let remote: std::net::IpAddr = "203.0.113.7".parse().unwrap();
-    assert!(cachegrid::acl::protected_mode_denies(true, node.server.acl.default_is_nopass(), remote));
+    let local: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    assert!(cachegrid::acl::refuses(&node.server, remote));
+    assert!(!cachegrid::acl::refuses(&node.server, local));
+    // A password for the default user opens the node; so does protected-mode no.
+    assert_eq!(r.cmd_str(&["CONFIG", "SET", "requirepass", "pw"]), "+OK\r\n");
+    assert!(!cachegrid::acl::refuses(&node.server, remote));
+    assert_eq!(r.cmd_str(&["CONFIG", "SET", "requirepass", ""]), "+OK\r\n");
+    assert!(cachegrid::acl::refuses(&node.server, remote));
     assert_eq!(r.cmd_str(&["CONFIG", "SET", "protected-mode", "no"]), "+OK\r\n");
-    assert!(!node.server.config.read().protected_mode);
+    assert!(!cachegrid::acl::refuses(&node.server, remote));
 }
 
 #[test]
@@ -275,4 +283,11 @@ impl WaitOrKill for std::process::Child {
         self.kill()?;
         self.wait().map(|_| ())
     }
+}
+
+#[test]
+fn the_protected_mode_flag_takes_redis_yes_and_no() {
+    let node = common::NodeProcess::spawn(&["--protected-mode", "no"]);
+    let reply = node.raw().cmd_str(&["CONFIG", "GET", "protected-mode"]);
+    assert_eq!(reply, "*2\r\n$14\r\nprotected-mode\r\n$2\r\nno\r\n");
 }

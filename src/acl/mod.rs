@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-pub use protected::{is_loopback, protected_mode_denies, DENIED};
+pub use protected::{is_loopback, protected_mode_denies, refuses, DENIED};
 pub use user::{hash_password, RuleError, User, UserState};
 
 use crate::commands::{CommandSpec, Keys};

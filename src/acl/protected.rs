@@ -21,6 +21,12 @@ pub fn protected_mode_denies(protected_mode: bool, default_nopass: bool, peer: I
     protected_mode && default_nopass && !is_loopback(peer)
 }
 
+/// The decision for a client from `peer` on `server` now (`protected-mode` and the `default`
+/// user's `nopass` can change at run time).
+pub fn refuses(server: &crate::server::Server, peer: IpAddr) -> bool {
+    protected_mode_denies(server.config.read().protected_mode, server.acl.default_is_nopass(), peer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@ fn echo(_: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
 fn check_password(ctx: &mut Ctx<'_, '_>, user: &[u8], pass: &[u8]) -> bool {
     match ctx.server.acl.authenticate(user, pass) {
         Some(u) => {
+            *ctx.client.info.user.lock() = (u.name != "default").then(|| u.name.clone());
             ctx.client.user = (u.name != "default").then_some(u);
             true
         }
@@ -151,6 +152,7 @@ fn reset(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     ctx.client.info.no_evict.store(false, Ordering::Relaxed);
     ctx.client.authenticated = !ctx.server.acl.default_needs_auth();
     ctx.client.user = None;
+    *ctx.client.info.user.lock() = None;
     ctx.client.cluster = Default::default();
     Reply::simple("RESET")
 }

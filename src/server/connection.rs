@@ -34,11 +34,7 @@ pub fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, laddr: S
             let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
             return;
         }
-        if crate::acl::protected_mode_denies(
-            server.config.read().protected_mode,
-            server.acl.default_is_nopass(),
-            peer.ip(),
-        ) {
+        if crate::acl::refuses(&server, peer.ip()) {
             let mut stream = stream;
             let _ = stream.write_all(crate::acl::DENIED.as_bytes()).await;
             return;
