@@ -36,7 +36,8 @@ pub struct AclConfigError {
 /// All users of the node.
 pub struct Acl {
     users: RwLock<BTreeMap<String, Arc<User>>>,
-    default: RwLock<Arc<User>>,
+    /// Never replaced (only changed in place), so the dispatcher reads its flag lock-free.
+    default: Arc<User>,
 }
 
 /// The state of the `default` user before configuration: on, no password, everything allowed.
@@ -80,7 +81,7 @@ impl Acl {
     pub fn with_default(state: UserState) -> Acl {
         let default = Arc::new(User::new("default", state));
         let users = BTreeMap::from([("default".to_string(), default.clone())]);
-        Acl { users: RwLock::new(users), default: RwLock::new(default) }
+        Acl { users: RwLock::new(users), default }
     }
 
     /// Fail closed: the `default` user is off, so nobody gets in (used when the ACL
@@ -91,7 +92,7 @@ impl Acl {
 
     /// The `default` user.
     pub fn default_user(&self) -> Arc<User> {
-        self.default.read().clone()
+        self.default.clone()
     }
 
     /// A user by name.
@@ -101,14 +102,13 @@ impl Acl {
 
     /// Whether new connections must authenticate (the `default` user is off or has passwords).
     pub fn default_needs_auth(&self) -> bool {
-        let d = self.default_user();
-        let st = d.state();
+        let st = self.default.state();
         !(st.enabled && st.nopass)
     }
 
     /// Whether the `default` user has the `nopass` flag (protected mode's condition).
     pub fn default_is_nopass(&self) -> bool {
-        self.default_user().state().nopass
+        self.default.state().nopass
     }
 
     /// The user `name` if `pass` is one of its passwords and it is on.
@@ -120,7 +120,7 @@ impl Acl {
 
     /// `CONFIG SET requirepass`: the `default` user's only password, or `nopass` when empty.
     pub fn set_requirepass(&self, pass: Option<&str>) {
-        let _ = self.default_user().update(|st| {
+        let _ = self.default.update(|st| {
             st.passwords.clear();
             st.nopass = pass.is_none();
             if let Some(p) = pass {
@@ -183,12 +183,10 @@ pub fn check(
     args: &[Bytes],
 ) -> Result<(), Reply> {
     match &client.user {
+        // The default user: one relaxed atomic load when it may do everything.
+        None if server.acl.default.is_unrestricted() => Ok(()),
         None => {
-            // The default user: cloned only when it is restricted.
-            if server.acl.default.read().is_unrestricted() {
-                return Ok(());
-            }
-            let user = server.acl.default_user();
+            let user = server.acl.default.clone();
             check_slow(&user, client, spec, args)
         }
         Some(user) if user.is_unrestricted() => Ok(()),
