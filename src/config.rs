@@ -148,6 +148,21 @@ pub enum ConfigError {
     },
 }
 
+/// Figment's type errors quote the value; for options that hold passwords, name the option
+/// without quoting it, so a typo never prints a secret.
+fn redact_secrets(e: figment::Error) -> ConfigError {
+    for err in e.clone() {
+        let secret = err.path.iter().find_map(|p| ["requirepass", "acl"].into_iter().find(|s| s == p));
+        if let Some(name) = secret {
+            return ConfigError::Invalid {
+                name,
+                reason: "wrong type (the value is not shown: it may hold a password)".into(),
+            };
+        }
+    }
+    ConfigError::Load(Box::new(e))
+}
+
 impl Config {
     /// Loads defaults, `file` (if any), `CACHEGRID_*` variables and then `overrides` (flags).
     pub fn load(file: Option<&std::path::Path>, overrides: impl Serialize) -> Result<Config, ConfigError> {
@@ -162,7 +177,7 @@ impl Config {
             )
             .merge(Serialized::defaults(overrides))
             .extract()
-            .map_err(Box::new)?;
+            .map_err(redact_secrets)?;
         config.validate()?;
         Ok(config)
     }

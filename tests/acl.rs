@@ -291,3 +291,23 @@ fn the_protected_mode_flag_takes_redis_yes_and_no() {
     let reply = node.raw().cmd_str(&["CONFIG", "GET", "protected-mode"]);
     assert_eq!(reply, "*2\r\n$14\r\nprotected-mode\r\n$2\r\nno\r\n");
 }
+
+#[test]
+fn a_mistyped_secret_option_is_refused_without_quoting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, toml) in [
+        "acl = \"alice on >Zq-typo-secret\"\n",
+        "acl = [[\"Zq-typo-secret\"]]\n",
+        "requirepass = [\"Zq-typo-secret\"]\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let err =
+            cachegrid::config::Config::load(Some(&path), serde_json::Map::new()).unwrap_err().to_string();
+        assert!(!err.contains("Zq-"), "{toml}: {err}");
+        assert!(err.contains("acl") || err.contains("requirepass"), "{toml}: {err}");
+    }
+}
