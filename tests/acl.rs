@@ -311,3 +311,26 @@ fn a_mistyped_secret_option_is_refused_without_quoting_it() {
         assert!(err.contains("acl") || err.contains("requirepass"), "{toml}: {err}");
     }
 }
+
+#[test]
+fn rules_changed_after_queueing_are_enforced_at_exec_as_in_redis() {
+    let node = TestNode::start();
+    let Some(mut d) = Differential::new(&node, "acl_exec") else { return };
+    let redis = common::reference_redis().unwrap();
+    let name = unique_user("acl_exec");
+    let _cleanup = Cleanup(Some(redis), vec![name.clone()]);
+    d.check_str(&["ACL", "SETUSER", &name, "on", ">pw", "~*", "+get", "+set", "+multi", "+exec"]);
+    let (a, b) = (d.key("a"), d.key("b"));
+    let mut sessions = [login(node.addr, &name, "pw"), login(redis, &name, "pw")];
+    for s in &mut sessions {
+        assert_eq!(s.cmd_str(&["MULTI"]), "+OK\r\n");
+        assert_eq!(s.cmd(&[b"GET", &a]), b"+QUEUED\r\n");
+        assert_eq!(s.cmd(&[b"SET", &b, b"1"]), b"+QUEUED\r\n");
+    }
+    d.check_str(&["ACL", "SETUSER", &name, "-get", "resetkeys", "~nomatch:*"]);
+    let [ours, theirs] = &mut sessions;
+    let exec = ours.cmd_str(&["EXEC"]);
+    assert_eq!(exec, theirs.cmd_str(&["EXEC"]));
+    assert!(exec.contains("ACLs rules changed"), "{exec}");
+    d.check(&[b"EXISTS", &b]);
+}

@@ -173,6 +173,17 @@ impl Acl {
     }
 }
 
+/// Why the ACL refused a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// The command rules do not allow it.
+    Command,
+    /// A key argument matches none of the user's patterns.
+    Key,
+    /// The connection's user was deleted.
+    UserDeleted,
+}
+
 /// The ACL check of every command, run by the dispatcher after authentication: a flag test
 /// for unrestricted users, the command rules and key patterns otherwise. Errors are Redis's.
 #[inline]
@@ -182,44 +193,75 @@ pub fn check(
     spec: &CommandSpec,
     args: &[Bytes],
 ) -> Result<(), Reply> {
+    decide(server, client, spec, args).map_err(|d| match d {
+        Denied::Command => {
+            Reply::error(format!("NOPERM this user has no permissions to run the '{}' command", spec.name))
+        }
+        Denied::Key => {
+            Reply::error("NOPERM this user has no permissions to access one of the keys used as arguments")
+        }
+        Denied::UserDeleted => Reply::error("ERR the user of this connection was deleted"),
+    })
+}
+
+/// The check again at EXEC for a queued command, in case the rules changed since it was
+/// queued (Redis 7 does the same, with these texts).
+pub fn check_queued(
+    server: &Server,
+    client: &mut ClientState,
+    spec: &CommandSpec,
+    args: &[Bytes],
+) -> Result<(), Reply> {
+    const PREFIX: &str = "NOPERM ACLs rules changed between the moment the transaction was accumulated and the EXEC call. This command is no longer allowed for the following reason: ";
+    decide(server, client, spec, args).map_err(|d| match d {
+        Denied::Command => {
+            Reply::error(format!("{PREFIX}no permission to execute the command or subcommand"))
+        }
+        Denied::Key => Reply::error(format!("{PREFIX}no permission to touch the specified keys")),
+        Denied::UserDeleted => Reply::error("ERR the user of this connection was deleted"),
+    })
+}
+
+#[inline]
+fn decide(
+    server: &Server,
+    client: &mut ClientState,
+    spec: &CommandSpec,
+    args: &[Bytes],
+) -> Result<(), Denied> {
     match &client.user {
         // The default user: one relaxed atomic load when it may do everything.
         None if server.acl.default.is_unrestricted() => Ok(()),
         None => {
             let user = server.acl.default.clone();
-            check_slow(&user, client, spec, args)
+            decide_slow(&user, client, spec, args)
         }
         Some(user) if user.is_unrestricted() => Ok(()),
         Some(user) => {
             let user = user.clone();
-            check_slow(&user, client, spec, args)
+            decide_slow(&user, client, spec, args)
         }
     }
 }
 
-fn check_slow(
+fn decide_slow(
     user: &User,
     client: &mut ClientState,
     spec: &CommandSpec,
     args: &[Bytes],
-) -> Result<(), Reply> {
+) -> Result<(), Denied> {
     if user.is_deleted() {
         client.close_after_reply = true;
-        return Err(Reply::error("ERR the user of this connection was deleted"));
+        return Err(Denied::UserDeleted);
     }
     let st = user.state();
     // AUTH, HELLO, QUIT and RESET stay allowed, as in Redis.
     if !spec.flags.contains(&"no-auth") && !st.may_run(spec) {
-        return Err(Reply::error(format!(
-            "NOPERM this user has no permissions to run the '{}' command",
-            spec.name
-        )));
+        return Err(Denied::Command);
     }
     if let k @ Keys::Range { .. } = spec.keys {
         if !k.positions(args.len()).all(|i| st.may_access(&args[i])) {
-            return Err(Reply::error(
-                "NOPERM this user has no permissions to access one of the keys used as arguments",
-            ));
+            return Err(Denied::Key);
         }
     }
     Ok(())
