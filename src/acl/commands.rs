@@ -24,13 +24,16 @@ static SUBCOMMANDS: &[CommandSpec] = &[
     cmd("acl|cat", -2, PLAIN, Keys::None, "server", "6.0.0", "Lists the ACL categories, or the commands inside a category.", cat),
 ];
 
-/// User names are printable words, so an ACL LIST line stays parseable.
+/// User names are printable words (at most 256 bytes), so an ACL LIST line stays parseable.
 fn valid_name(name: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(name).ok()?;
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then_some(s)
+    (!s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_graphic())).then_some(s)
 }
 
 fn setuser(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
+    if args[2].len() > 256 {
+        return Reply::error("ERR Usernames are limited to 256 bytes");
+    }
     let Some(name) = valid_name(&args[2]) else {
         return Reply::error("ERR Usernames can't contain spaces or null characters");
     };

@@ -23,6 +23,9 @@ use crate::config::Config;
 use crate::protocol::Reply;
 use crate::server::{ClientState, Server};
 
+/// Most users a node holds: a bound on what clients can make it store.
+pub const MAX_USERS: usize = 10_000;
+
 /// A bad `acl` entry in the configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("user '{user}': {reason}")]
@@ -153,6 +156,9 @@ impl Acl {
                 })
             });
             return failed.map_or(Ok(()), Err);
+        }
+        if users.len() >= MAX_USERS {
+            return Err((0, RuleError::TooManyUsers));
         }
         let mut st = UserState::default();
         apply(&mut st, rules)?;

@@ -37,6 +37,10 @@ fn parse_hex(s: &[u8]) -> Option<PasswordHash> {
     Some(out)
 }
 
+/// Most passwords, key patterns and command rules one user may hold: bounds on what a client
+/// can make the node store (Redis has none; real users need a handful).
+pub const MAX_PER_LIST: usize = 1024;
+
 /// One `+`/`-` command rule after the `+@all`/`-@all` base, kept in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandRule {
@@ -84,6 +88,12 @@ pub enum RuleError {
     /// `<pass` for a password the user does not have.
     #[error("The password you are trying to remove from the user does not exist")]
     NoSuchPassword,
+    /// More than [`MAX_PER_LIST`] passwords, patterns or rules.
+    #[error("Too many passwords, key patterns or command rules for one user (at most 1024 each)")]
+    TooMany,
+    /// [`super::MAX_USERS`] users exist already.
+    #[error("Too many ACL users (at most 10000)")]
+    TooManyUsers,
     /// A key pattern given to a user that already has `allkeys`.
     #[error("Adding a pattern after the * pattern (or the 'allkeys' flag) is not valid and does not have any effect. Try 'resetkeys' to start with an empty list of patterns")]
     PatternAfterAll,
@@ -123,7 +133,10 @@ impl UserState {
                 self.rules.clear();
             }
             b"reset" => *self = UserState::default(),
-            _ => return self.apply_prefixed(rule, &lower),
+            _ => self.apply_prefixed(rule, &lower)?,
+        }
+        if self.passwords.len().max(self.patterns.len()).max(self.rules.len()) > MAX_PER_LIST {
+            return Err(RuleError::TooMany);
         }
         Ok(())
     }
@@ -365,6 +378,11 @@ mod tests {
         assert_eq!(user(&["bogus"]).unwrap_err(), RuleError::Syntax);
         assert_eq!(user(&["#abc"]).unwrap_err(), RuleError::BadHash);
         assert_eq!(user(&["allkeys", "~a*"]).unwrap_err(), RuleError::PatternAfterAll);
+        let many: Vec<String> = (0..=MAX_PER_LIST).map(|i| format!("~k{i}")).collect();
+        assert_eq!(
+            user(&many.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_err(),
+            RuleError::TooMany
+        );
     }
 
     #[test]
