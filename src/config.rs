@@ -83,6 +83,12 @@ pub struct Config {
     pub cluster_port: u16,
     /// Address announced to clients and peers; empty means the bind address.
     pub cluster_announce_ip: String,
+    /// Refuse non-loopback clients while the `default` user has no password
+    /// (`protected-mode`, on by default as in Redis).
+    pub protected_mode: bool,
+    /// ACL users, one per entry in Redis's ACL file syntax without the leading `user`
+    /// (`"alice on >secret ~session:* +@read +@write"`); applied after `requirepass`.
+    pub acl: Vec<String>,
 }
 
 impl Default for Config {
@@ -120,6 +126,8 @@ impl Default for Config {
             cluster_replicas: 1,
             cluster_port: 0,
             cluster_announce_ip: String::new(),
+            protected_mode: true,
+            acl: Vec::new(),
         }
     }
 }
@@ -140,6 +148,21 @@ pub enum ConfigError {
     },
 }
 
+/// Figment's type errors quote the value; for options that hold passwords, name the option
+/// without quoting it, so a typo never prints a secret.
+fn redact_secrets(e: figment::Error) -> ConfigError {
+    for err in e.clone() {
+        let secret = err.path.iter().find_map(|p| ["requirepass", "acl"].into_iter().find(|s| s == p));
+        if let Some(name) = secret {
+            return ConfigError::Invalid {
+                name,
+                reason: "wrong type (the value is not shown: it may hold a password)".into(),
+            };
+        }
+    }
+    ConfigError::Load(Box::new(e))
+}
+
 impl Config {
     /// Loads defaults, `file` (if any), `CACHEGRID_*` variables and then `overrides` (flags).
     pub fn load(file: Option<&std::path::Path>, overrides: impl Serialize) -> Result<Config, ConfigError> {
@@ -154,7 +177,7 @@ impl Config {
             )
             .merge(Serialized::defaults(overrides))
             .extract()
-            .map_err(Box::new)?;
+            .map_err(redact_secrets)?;
         config.validate()?;
         Ok(config)
     }
@@ -169,6 +192,9 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid { name: "log-format", reason: "must be text or json".into() });
+        }
+        if let Err(e) = crate::acl::Acl::from_config(self) {
+            return Err(ConfigError::Invalid { name: "acl", reason: e.to_string() });
         }
         if self.maxclients == 0 {
             return Err(ConfigError::Invalid { name: "maxclients", reason: "must be at least 1".into() });

@@ -3,6 +3,7 @@
 //! A request travels `server` (socket, connection loop) → `protocol` (framing, limits) →
 //! `commands` (dispatch, one file per family) → `store` (the slot-indexed keyspace).
 
+pub mod acl;
 pub mod admin;
 pub mod cluster;
 pub mod commands;

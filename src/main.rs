@@ -81,6 +81,14 @@ struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     requirepass: Option<String>,
+    /// `yes` or `no`: refuse non-loopback clients while the default user has no password.
+    #[arg(long, value_parser = ["yes", "no"])]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        rename = "protected-mode",
+        serialize_with = "ser_yes_no"
+    )]
+    protected_mode: Option<String>,
     /// Directory for the node's files.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -236,4 +244,9 @@ impl Signals {
             _ = self.int.recv() => {}
         }
     }
+}
+
+/// `--protected-mode yes|no` (Redis's spelling) as the config's boolean.
+fn ser_yes_no<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bool(v.as_deref() == Some("yes"))
 }

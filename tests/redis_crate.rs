@@ -11,6 +11,7 @@ use redis::{aio::MultiplexedConnection, AsyncCommands, Value};
 
 /// Commands exercised one by one below; the test fails if a command of the node is missing.
 const COVERED: &[&str] = &[
+    "acl",
     "append",
     "asking",
     "auth",
@@ -256,4 +257,26 @@ async fn connection_server_and_introspection() {
             tokio::net::TcpStream::connect(node.addr).await.is_err()
         }
     );
+}
+
+#[tokio::test]
+async fn acl_users_through_the_client() {
+    let node = common::TestNode::start();
+    let mut c = node.client().await;
+    let _: () =
+        q(&mut c, &["ACL", "SETUSER", "crate_user", "on", ">pw", "~k:*", "+@read", "+acl|whoami"]).await;
+    let users: Vec<String> = q(&mut c, &["ACL", "USERS"]).await;
+    assert_eq!(users, ["crate_user", "default"]);
+    let user: HashMap<String, Value> = q(&mut c, &["ACL", "GETUSER", "crate_user"]).await;
+    assert!(user.contains_key("passwords"));
+    let list: Vec<String> = q(&mut c, &["ACL", "LIST"]).await;
+    assert_eq!(list.len(), 2);
+    let cats: Vec<String> = q(&mut c, &["ACL", "CAT"]).await;
+    assert!(cats.contains(&"string".to_string()));
+    let url = format!("redis://crate_user:pw@{}/", node.addr);
+    let mut u = redis::Client::open(url).unwrap().get_multiplexed_tokio_connection().await.unwrap();
+    assert_eq!(q::<String>(&mut u, &["ACL", "WHOAMI"]).await, "crate_user");
+    let err = redis::cmd("SET").arg("k:1").arg("v").query_async::<Value>(&mut u).await.unwrap_err();
+    assert!(err.to_string().contains("NOPERM"), "{err}");
+    assert_eq!(q::<i64>(&mut c, &["ACL", "DELUSER", "crate_user"]).await, 1);
 }

@@ -74,6 +74,7 @@ pub static PARAMS: &[Param] = &[
     Param { name: "hash-max-listpack-entries", aliases: &["hash-max-ziplist-entries"], doc: "Most fields of a compact hash.", get: |s| s.keyspace.settings.hash_max_entries.load(Ordering::Relaxed).to_string(), access: Access::Mutable(set_hash_entries) },
     Param { name: "hash-max-listpack-value", aliases: &["hash-max-ziplist-value"], doc: "Longest field or value of a compact hash (memory units).", get: |s| s.keyspace.settings.hash_max_value.load(Ordering::Relaxed).to_string(), access: Access::Mutable(set_hash_value) },
     Param { name: "requirepass", aliases: &[], doc: "Password of the default user; empty means none.", get: |s| s.config.read().requirepass.clone().unwrap_or_default(), access: Access::Mutable(set_requirepass) },
+    Param { name: "protected-mode", aliases: &[], doc: "Refuse non-loopback clients while the default user has no password.", get: |s| if s.config.read().protected_mode { "yes".into() } else { "no".into() }, access: Access::Mutable(set_protected_mode) },
     Param { name: "dir", aliases: &[], doc: "Directory for the node's files (protected, as in Redis).", get: get_dir, access: Access::Protected },
     Param { name: "databases", aliases: &[], doc: "Number of databases: always 1.", get: |_| "1".into(), access: Access::Immutable },
     Param { name: "save", aliases: &[], doc: "Snapshot schedule: always empty (no persistence); only \"\" is accepted.", get: |_| String::new(), access: Access::Mutable(set_save) },
@@ -213,6 +214,7 @@ fn set_hash_value(s: &Server, v: &str) -> Result<(), String> {
 fn set_requirepass(s: &Server, v: &str) -> Result<(), String> {
     // Connections already authenticated stay so, as in Redis.
     s.config.write().requirepass = (!v.is_empty()).then(|| v.to_string());
+    s.acl.set_requirepass((!v.is_empty()).then_some(v));
     Ok(())
 }
 
@@ -222,6 +224,16 @@ fn set_save(_: &Server, v: &str) -> Result<(), String> {
     } else {
         Err("cachegrid has no persistence: only \"\" is accepted".into())
     }
+}
+
+fn set_protected_mode(s: &Server, v: &str) -> Result<(), String> {
+    let on = match v.to_ascii_lowercase().as_str() {
+        "yes" => true,
+        "no" => false,
+        _ => return Err("argument must be 'yes' or 'no'".into()),
+    };
+    s.config.write().protected_mode = on;
+    Ok(())
 }
 
 fn set_appendonly(_: &Server, v: &str) -> Result<(), String> {

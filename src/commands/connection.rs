@@ -35,17 +35,17 @@ fn echo(_: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
     Reply::Bulk(args[1].clone())
 }
 
-/// Checks `user`/`pass` against `requirepass` (only the `default` user exists so far).
-fn check_password(ctx: &Ctx<'_, '_>, user: &[u8], pass: &[u8]) -> bool {
-    let required = ctx.server.config.read().requirepass.clone();
-    match required {
-        Some(p) => user == b"default" && constant_time_eq(p.as_bytes(), pass),
-        None => user == b"default",
+/// Checks `user`/`pass` against the ACL users (`requirepass` is the `default` user's
+/// password) and, on success, makes the connection that user. Never logs either.
+fn check_password(ctx: &mut Ctx<'_, '_>, user: &[u8], pass: &[u8]) -> bool {
+    match ctx.server.acl.authenticate(user, pass) {
+        Some(u) => {
+            *ctx.client.info.user.lock() = (u.name != "default").then(|| u.name.clone());
+            ctx.client.user = (u.name != "default").then_some(u);
+            true
+        }
+        None => false,
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
@@ -56,7 +56,7 @@ fn auth(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
     }
     let (user, pass) =
         if args.len() == 2 { (&b"default"[..], &args[1][..]) } else { (&args[1][..], &args[2][..]) };
-    if args.len() == 2 && ctx.server.config.read().requirepass.is_none() {
+    if args.len() == 2 && ctx.server.acl.default_is_nopass() {
         return Reply::error(
             "ERR AUTH <password> called without any password configured for the default user. \
              Are you sure your configuration is correct?",
@@ -150,7 +150,9 @@ fn reset(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     ctx.client.info.resp.store(2, Ordering::Relaxed);
     *ctx.client.info.name.lock() = None;
     ctx.client.info.no_evict.store(false, Ordering::Relaxed);
-    ctx.client.authenticated = ctx.server.config.read().requirepass.is_none();
+    ctx.client.authenticated = !ctx.server.acl.default_needs_auth();
+    ctx.client.user = None;
+    *ctx.client.info.user.lock() = None;
     ctx.client.cluster = Default::default();
     Reply::simple("RESET")
 }

@@ -167,6 +167,7 @@ pub fn all_commands() -> impl Iterator<Item = &'static CommandSpec> {
         cluster::COMMANDS,
         command::COMMANDS,
         config::COMMANDS,
+        crate::acl::commands::COMMANDS,
     ]
     .into_iter()
     .flatten()
@@ -316,6 +317,10 @@ fn execute_spec(
     if !client.authenticated && !spec.has_flag("no-auth") {
         transactions::flag_error_in_multi(client);
         return Reply::error("NOAUTH Authentication required.");
+    }
+    if let Err(reply) = crate::acl::check(server, client, spec, &args) {
+        transactions::flag_error_in_multi(client);
+        return reply;
     }
     // Cluster mode: the one slot-owner lookup that may redirect the client.
     if let Some(cluster) = server.cluster.get() {

@@ -137,6 +137,10 @@ pub fn exec(server: &Arc<Server>, client: &mut ClientState) -> Reply {
     let _current =
         server.tracking.is_active().then(|| crate::server::tracking::CurrentClient::enter(client.id()));
     for q in &queued {
+        if let Err(reply) = crate::acl::check_queued(server, client, q.spec, &q.args) {
+            replies.push(reply);
+            continue;
+        }
         let mut ctx = Ctx { db: &mut db, client, server };
         replies.push((q.spec.handler)(&mut ctx, &q.args));
         if server.tracking.is_active() {

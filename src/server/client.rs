@@ -47,6 +47,8 @@ pub struct ClientInfo {
     pub kill_signal: Notify,
     /// Out-of-band pushes (CLIENT TRACKING invalidations) the connection writes between replies.
     pub pushes: super::tracking::PushQueue,
+    /// The ACL user name after AUTH, for CLIENT LIST's `user=`; None is `default`.
+    pub user: Mutex<Option<String>>,
 }
 
 impl ClientInfo {
@@ -78,7 +80,7 @@ impl ClientInfo {
         format!(
             "id={} addr={} laddr={} fd=8 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 \
              multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 \
-             tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+             tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
             self.laddr,
@@ -87,6 +89,7 @@ impl ClientInfo {
             now.saturating_sub(self.last_active_ms.load(Ordering::Relaxed)) / 1000,
             multi,
             self.last_command_name(),
+            self.user.lock().as_deref().unwrap_or("default"),
             self.resp.load(Ordering::Relaxed),
             String::from_utf8_lossy(&lib_name),
             String::from_utf8_lossy(&lib_ver),
@@ -122,6 +125,7 @@ impl ClientRegistry {
             killed: AtomicBool::new(false),
             kill_signal: Notify::new(),
             pushes: Default::default(),
+            user: Mutex::new(None),
         });
         self.clients.lock().insert(id, info.clone());
         info
@@ -190,6 +194,8 @@ pub struct ClientState {
     pub tracking: super::tracking::ConnTracking,
     /// READONLY and ASKING.
     pub cluster: crate::cluster::ClientFlags,
+    /// The ACL user after AUTH; None is the `default` user.
+    pub user: Option<Arc<crate::acl::User>>,
 }
 
 impl ClientState {
@@ -207,6 +213,7 @@ impl ClientState {
             now_ms: clock::now_ms(),
             tracking: Default::default(),
             cluster: Default::default(),
+            user: None,
         }
     }
 

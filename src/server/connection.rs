@@ -34,9 +34,14 @@ pub fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, laddr: S
             let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
             return;
         }
+        if crate::acl::refuses(&server, peer.ip()) {
+            let mut stream = stream;
+            let _ = stream.write_all(crate::acl::DENIED.as_bytes()).await;
+            return;
+        }
         let info = server.clients.register(peer, laddr);
         let id = info.id;
-        let authenticated = server.config.read().requirepass.is_none();
+        let authenticated = !server.acl.default_needs_auth();
         let mut client = ClientState::new(info, authenticated);
         if let Err(e) = serve(&server, stream, &mut client).await {
             debug!(client = id, error = %e, "connection closed with an error");

@@ -82,6 +82,8 @@ pub struct Server {
     pub persistence: std::sync::OnceLock<Arc<crate::persistence::Persistence>>,
     /// Cluster state; set at start when `cluster-enabled` (unset: a standalone node).
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// ACL users (the `default` user carries `requirepass`).
+    pub acl: crate::acl::Acl,
 }
 
 impl Server {
@@ -101,7 +103,13 @@ impl Server {
             let mut rng = rand::thread_rng();
             (0..40).map(|_| format!("{:x}", rng.gen_range(0..16))).collect()
         };
+        let acl = crate::acl::Acl::from_config(&config).unwrap_or_else(|e| {
+            // Fail closed: a node whose ACL cannot be applied lets nobody in.
+            tracing::error!(error = %e, "invalid ACL configuration: the default user is off");
+            crate::acl::Acl::locked()
+        });
         let server = Server {
+            acl,
             maxmemory: AtomicU64::new(config.maxmemory),
             proto_max_bulk_len: AtomicUsize::new(config.proto_max_bulk_len as usize),
             proto_max_multibulk_len: AtomicUsize::new(config.proto_max_multibulk_len as usize),
