@@ -11,7 +11,13 @@ use std::time::Duration;
 use cachegrid::config::Config;
 use cachegrid::persistence::{KeyspaceConfig, WriteMode};
 use common::TestNode;
-use postgres::{count, decode_hash, exec, keyspace_info, rows, unique_table, MACHINE_URL};
+use postgres::{count, decode_hash, encode_hash, exec, keyspace_info, rows, unique_table, MACHINE_URL};
+
+/// The stored form of owned (field, value) pairs.
+fn encode_pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let borrowed: Vec<(&[u8], &[u8])> = pairs.iter().map(|(f, v)| (&f[..], &v[..])).collect();
+    encode_hash(&borrowed)
+}
 
 fn backed_node(
     table: &str,
@@ -87,17 +93,6 @@ async fn grid_state(
             };
             out.insert(k.clone(), (t, value));
         }
-    }
-    out
-}
-
-fn encode_pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (f, v) in pairs {
-        out.extend_from_slice(&(f.len() as u32).to_be_bytes());
-        out.extend_from_slice(f);
-        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        out.extend_from_slice(v);
     }
     out
 }
