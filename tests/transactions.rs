@@ -229,3 +229,18 @@ fn concurrent_incr_transactions_give_exact_totals() {
     assert_eq!(c.cmd_str(&["GET", "atom:a"]), "$4\r\n1600\r\n");
     assert_eq!(c.cmd_str(&["GET", "atom:b"]), "$4\r\n1600\r\n");
 }
+
+/// UNWATCH queued in a transaction runs while EXEC holds the locks of the watched keys; it must
+/// answer OK, not lock them again (the commands fuzzer found this deadlock).
+#[test]
+fn unwatch_queued_in_a_transaction_does_not_deadlock() {
+    let node = TestNode::start();
+    let Some(mut d) = common::Differential::new(&node, "unwatch_in_multi") else { return };
+    d.check_str(&["WATCH", "$k", "$j"]);
+    d.check_str(&["MULTI"]);
+    d.check_str(&["UNWATCH"]);
+    d.check_str(&["SET", "$k", "1"]);
+    d.check_str(&["UNWATCH"]);
+    d.check_str(&["EXEC"]);
+    d.check_str(&["GET", "$k"]);
+}

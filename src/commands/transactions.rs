@@ -82,7 +82,11 @@ fn watch(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
 }
 
 fn unwatch(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
-    unwatch_all(ctx.server, ctx.client);
+    // Queued inside MULTI it runs while EXEC holds the shard locks; EXEC unwatches every key
+    // when it ends, so there is nothing to do (and locking again would deadlock).
+    if !ctx.client.in_exec {
+        unwatch_all(ctx.server, ctx.client);
+    }
     Reply::ok()
 }
 
@@ -136,6 +140,7 @@ pub fn exec(server: &Arc<Server>, client: &mut ClientState) -> Reply {
     let mut replies = Vec::with_capacity(queued.len());
     let _current =
         server.tracking.is_active().then(|| crate::server::tracking::CurrentClient::enter(client.id()));
+    client.in_exec = true;
     for q in &queued {
         if let Err(reply) = crate::acl::check_queued(server, client, q.spec, &q.args) {
             replies.push(reply);
@@ -154,6 +159,7 @@ pub fn exec(server: &Arc<Server>, client: &mut ClientState) -> Reply {
             );
         }
     }
+    client.in_exec = false;
     drop(db);
     unwatch_all(server, client);
     Reply::Array(replies)

@@ -181,6 +181,9 @@ pub struct ClientState {
     pub multi: Option<Vec<Queued>>,
     /// A command failed to queue: EXEC will abort.
     pub multi_error: bool,
+    /// EXEC is running the queued commands with their shards locked: a handler must not take
+    /// keyspace locks of its own.
+    pub in_exec: bool,
     /// Keys under WATCH.
     pub watched: Vec<(Bytes, bool)>,
     /// Raised when a watched key changes.
@@ -207,6 +210,7 @@ impl ClientState {
             authenticated,
             multi: None,
             multi_error: false,
+            in_exec: false,
             watched: Vec::new(),
             watch_flag: Arc::new(AtomicBool::new(false)),
             close_after_reply: false,
