@@ -35,6 +35,14 @@ fn queries(node: &TestNode) -> u64 {
     keyspace_info(&info, "rt")["rt_queries"].parse().unwrap()
 }
 
+/// The backing table's schema, created ahead by the tests that fill it before the node starts.
+fn backing_table_sql(table: &str) -> String {
+    format!(
+        "CREATE TABLE {table} (key text PRIMARY KEY, value bytea, type text NOT NULL, expires_at timestamptz, \
+         version bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());"
+    )
+}
+
 /// Test 5: a cold node (empty memory) serves backed keys from Postgres; a key absent from both
 /// is "not found", and a second miss does not query the database; expired rows are not loaded.
 #[test]
@@ -43,11 +51,11 @@ fn a_cold_node_loads_backed_keys_and_remembers_absent_ones() {
     exec(
         MACHINE_URL,
         &format!(
-            "CREATE TABLE {table} (key text PRIMARY KEY, value bytea, type text NOT NULL, expires_at timestamptz, \
-             version bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+            "{}
              INSERT INTO {table} VALUES ('rt:s', 'hello'::bytea, 'string', NULL, 1, now());
              INSERT INTO {table} VALUES ('rt:ttl', 'soon'::bytea, 'string', now() + interval '1 hour', 1, now());
-             INSERT INTO {table} VALUES ('rt:old', 'gone'::bytea, 'string', now() - interval '1 second', 1, now());"
+             INSERT INTO {table} VALUES ('rt:old', 'gone'::bytea, 'string', now() - interval '1 second', 1, now());",
+            backing_table_sql(&table)
         ),
     );
     let hash = encode_hash(&[(b"f1", b"v1"), (b"bin\0", b"\xff\x00")]);
@@ -134,10 +142,10 @@ fn a_miss_serves_a_queued_write_before_the_older_row() {
     exec(
         MACHINE_URL,
         &format!(
-            "CREATE TABLE {table} (key text PRIMARY KEY, value bytea, type text NOT NULL, expires_at timestamptz, \
-             version bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+            "{}
              INSERT INTO {table} VALUES ('rt:k', 'old'::bytea, 'string', NULL, 1, now()),
-                                        ('rt:gone', 'old'::bytea, 'string', NULL, 1, now());"
+                                        ('rt:gone', 'old'::bytea, 'string', NULL, 1, now());",
+            backing_table_sql(&table)
         ),
     );
     let dir = tempfile::tempdir().unwrap();
