@@ -80,15 +80,7 @@ mod tests {
     use crate::cluster::placement::movement;
     use crate::store::SLOT_COUNT;
 
-    fn node(i: u8, zone: &str) -> NodeInfo {
-        NodeInfo {
-            id: NodeId([i; 20]),
-            host: "127.0.0.1".into(),
-            port: 7000 + i as u16,
-            bus_port: 17000 + i as u16,
-            zone: zone.into(),
-        }
-    }
+    use crate::cluster::slotmap::test_node as node;
 
     #[test]
     fn a_grid_grows_by_joins_and_every_change_bumps_the_epoch() {

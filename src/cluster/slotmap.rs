@@ -226,20 +226,24 @@ mod wire {
     }
 }
 
+/// Node `i` of zone `zone` on 127.0.0.1, for the cluster module's tests.
+#[cfg(test)]
+pub(crate) fn test_node(i: u8, zone: &str) -> NodeInfo {
+    NodeInfo {
+        id: NodeId([i; 20]),
+        host: "127.0.0.1".into(),
+        port: 7000 + i as u16,
+        bus_port: 17000 + i as u16,
+        zone: zone.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::placement::{place, Member};
 
-    fn node(i: u8, zone: &str) -> NodeInfo {
-        NodeInfo {
-            id: NodeId([i; 20]),
-            host: "127.0.0.1".into(),
-            port: 7000 + i as u16,
-            bus_port: 17000 + i as u16,
-            zone: zone.into(),
-        }
-    }
+    use super::test_node as node;
 
     fn three_node_map() -> SlotMap {
         let nodes = vec![node(3, "c"), node(1, "a"), node(2, "b")];
