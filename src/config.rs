@@ -73,7 +73,8 @@ pub struct Config {
     pub writebehind_fsync: String,
     /// Key spaces backed by Postgres (`[[keyspace]]` tables in TOML).
     pub keyspace: Vec<crate::persistence::KeyspaceConfig>,
-    /// Serve Redis Cluster's protocol (slots, MOVED, CLUSTER commands); off: a standalone node.
+    /// Serve Redis Cluster's protocol (slots, MOVED, CLUSTER commands) as a grid member; off: a
+    /// standalone node.
     pub cluster_enabled: bool,
     /// Failure zone of this node (rack, availability zone): replicas avoid their primary's.
     pub zone: String,
@@ -83,6 +84,10 @@ pub struct Config {
     pub cluster_port: u16,
     /// Address announced to clients and peers; empty means the bind address.
     pub cluster_announce_ip: String,
+    /// Members to ask for admission when this node first starts (`HOST:PORT` of a member's
+    /// client port, or `HOST:PORT@BUSPORT`); empty: bootstrap a grid of one. Setting it turns
+    /// cluster mode on. A restarted member rejoins through its saved Raft state instead.
+    pub cluster_join: Vec<String>,
     /// Refuse non-loopback clients while the `default` user has no password
     /// (`protected-mode`, on by default as in Redis).
     pub protected_mode: bool,
@@ -126,6 +131,7 @@ impl Default for Config {
             cluster_replicas: 1,
             cluster_port: 0,
             cluster_announce_ip: String::new(),
+            cluster_join: Vec::new(),
             protected_mode: true,
             acl: Vec::new(),
         }
@@ -182,6 +188,12 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether this node is a grid member: `cluster-enabled`, or seeds to join.
+    pub fn cluster_mode(&self) -> bool {
+        self.cluster_enabled || !self.cluster_join.is_empty()
+    }
+
+
     /// Checks ranges the type system does not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if crate::store::EvictionPolicy::parse(&self.maxmemory_policy).is_none() {
@@ -210,6 +222,11 @@ impl Config {
                 name: "zone",
                 reason: "must be 1 to 64 characters without spaces".into(),
             });
+        }
+        for seed in &self.cluster_join {
+            if let Err(reason) = crate::cluster::consensus::seed_bus_address(seed) {
+                return Err(ConfigError::Invalid { name: "cluster-join", reason });
+            }
         }
         if !(1..=500).contains(&self.hz) {
             return Err(ConfigError::Invalid { name: "hz", reason: "must be between 1 and 500".into() });

@@ -121,6 +121,15 @@ struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     zone: Option<String>,
+    /// A member to join (HOST:PORT of its client port, or HOST:PORT@BUSPORT); repeat for more
+    /// seeds. Turns cluster mode on.
+    #[arg(long = "join")]
+    #[serde(skip_serializing_if = "Vec::is_empty", rename = "cluster-join")]
+    join: Vec<String>,
+    /// Cluster bus port; default: client port + 10000.
+    #[arg(long = "cluster-port")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-port")]
+    cluster_port: Option<u16>,
 }
 
 fn init_logging(config: &Config) {

@@ -62,8 +62,11 @@ impl Node {
     }
 }
 
-/// Flushes the write-behind queues for a few seconds at shutdown; the rest stays on disk.
+/// Stops Raft, then flushes the write-behind queues for a few seconds; the rest stays on disk.
 async fn stop_persistence(server: &Server) {
+    if let Some(c) = server.consensus.get() {
+        let _ = c.raft.shutdown().await;
+    }
     if let Some(p) = server.persistence.get() {
         p.shutdown(std::time::Duration::from_secs(5)).await;
     }

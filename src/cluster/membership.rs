@@ -1,6 +1,6 @@
 //! Membership as a deterministic state machine: the members of the grid and the slot map,
 //! changed only by applying [`GridCommand`]s in order. This is the state the consensus log
-//! (openraft, next) will replicate: every node applying the same commands holds the same map,
+//! (openraft, in `consensus`) replicates: every node applying the same commands holds the same map,
 //! because placement is a pure function of membership, zones and the previous map.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,13 @@ use super::slotmap::{NodeInfo, SlotMap};
 /// A change to the grid, as it would be written to the consensus log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GridCommand {
+    /// The grid's first entry: its first member and the replica count every member uses.
+    Bootstrap {
+        /// The node that bootstrapped the grid.
+        first: NodeInfo,
+        /// Replicas per slot (R), fixed for the grid's life.
+        replicas: usize,
+    },
     /// A node joins, or announces a new address or zone.
     Join(NodeInfo),
     /// A node leaves (gracefully, or declared dead).
@@ -43,6 +50,8 @@ impl GridState {
     /// a command that changes nothing, like a repeated join, leaves the epoch alone.
     pub fn apply(&mut self, command: &GridCommand) -> bool {
         match command {
+            // Only meaningful before a grid exists (see the consensus state machine).
+            GridCommand::Bootstrap { .. } => return false,
             GridCommand::Join(info) => {
                 if self.members.get(&info.id) == Some(info) {
                     return false;

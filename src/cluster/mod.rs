@@ -1,9 +1,11 @@
 //! The grid: node identity, the slot map (which node serves and which copy every hash slot),
 //! placement (a pure function deciding that map from membership and zones), the node's
-//! cluster state, and routing (MOVED/ASK/CROSSSLOT decisions against the map for every keyed
-//! command), and membership as a deterministic state machine over those. Agreeing on it through
-//! consensus (openraft) is still to come (see ARCHITECTURE.md).
+//! cluster state, routing (MOVED/ASK/CROSSSLOT decisions against the map for every keyed
+//! command), membership as a deterministic state machine over those, and agreement on it
+//! through openraft ([`consensus`]) over the node-to-node [`bus`].
 
+pub mod bus;
+pub mod consensus;
 pub mod membership;
 pub mod node_id;
 pub mod placement;
@@ -14,6 +16,9 @@ pub mod state;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
+
+pub use consensus::Consensus;
 pub use membership::{GridCommand, GridState};
 pub use node_id::NodeId;
 pub use placement::{place, Member, SlotAssignment};
@@ -22,15 +27,45 @@ pub use state::{ClientFlags, Cluster};
 
 use crate::server::Server;
 
-/// Turns cluster mode on for a node that has just bound `addr`, when `cluster-enabled` is set:
-/// loads (or creates) the node id in `dir` and starts as a grid of one.
-pub fn enable(server: &Server, addr: SocketAddr) -> Result<(), node_id::NodeIdError> {
+/// Directory under the node's `dir` holding the Raft log and snapshot.
+pub const RAFT_DIR: &str = "raft";
+
+/// Turns cluster mode on for a node that has just bound `addr`, when `cluster-enabled` is set
+/// or seeds are given: loads (or creates) the node id in `dir`, binds the cluster bus, starts
+/// Raft, and brings the node into a grid in the background (a grid of one without seeds).
+pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()> {
     let config = server.config.read().clone();
-    if !config.cluster_enabled {
+    if !config.cluster_mode() {
         return Ok(());
     }
     let me = NodeId::load_or_create(&config.dir)?;
-    tracing::info!(node_id = %me, zone = %config.zone, "cluster mode: a grid of one owning every slot");
-    let _ = server.cluster.set(Arc::new(Cluster::single(me, &config, addr)));
+    // Bind the bus first and announce the port actually bound (the default, client port +
+    // 10000, does not exist above 55535: an ephemeral port is taken then).
+    let wanted = match config.cluster_port {
+        0 => addr.port().checked_add(10000).unwrap_or(0),
+        p => p,
+    };
+    let listener = bus::bind(&config.bind, wanted)
+        .await
+        .with_context(|| format!("cannot listen on the cluster bus port {}:{wanted}", config.bind))?;
+    let mut config = config;
+    config.cluster_port = listener.local_addr()?.port();
+    let info = state::announce(me, &config, addr);
+    let raft_dir = config.dir.join(RAFT_DIR);
+    let fresh = !raft_dir.join(consensus::log_store::LOG_FILE).exists();
+    // Only a fresh node with no seeds starts as a grid of one; one about to join, or a member
+    // restarting, owns nothing until the grid's map arrives through the log.
+    let cluster = if fresh && config.cluster_join.is_empty() {
+        Arc::new(Cluster::single(me, &config, addr))
+    } else {
+        Arc::new(Cluster::joining(me, &config, addr))
+    };
+    let _ = server.cluster.set(cluster.clone());
+    let consensus = Consensus::start(&raft_dir, info, config.cluster_replicas, cluster).await?;
+    let _ = server.consensus.set(consensus.clone());
+    tokio::spawn(bus::serve(listener, consensus.clone(), server.shutdown.clone()));
+    let shutdown = server.shutdown.clone();
+    tokio::spawn(async move { consensus.establish(&config.cluster_join, shutdown).await });
+    tracing::info!(node_id = %me, zone = %config.zone, "cluster mode");
     Ok(())
 }

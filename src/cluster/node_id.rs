@@ -11,8 +11,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// File in `dir` holding the node id.
 pub const NODE_ID_FILE: &str = "cachegrid-node-id";
 
-/// A node's identity in the grid; ordered so placement is deterministic.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A node's identity in the grid; ordered so placement is deterministic. `Default` (all zeros)
+/// exists only because openraft's node-id bound asks for it; no real node has it.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub [u8; 20]);
 
 /// Problems with a node id or its file.

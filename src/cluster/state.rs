@@ -7,7 +7,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use super::node_id::NodeId;
-use super::placement::{place, Member};
+use super::placement::{place, Member, SlotAssignment};
 use super::slotmap::{NodeInfo, SlotMap};
 use crate::config::Config;
 
@@ -50,6 +50,16 @@ impl Cluster {
         let members = [Member { id: me, zone: info.zone.clone() }];
         let assignment = place(&members, config.cluster_replicas, &[]);
         let map = SlotMap::from_assignment(0, vec![info], &assignment).expect("a one-node map is valid");
+        let me_index = map.index_of(&me);
+        Cluster { me, view: RwLock::new(Arc::new(View { map, me: me_index })) }
+    }
+
+    /// A node about to join a grid: in the map alone, owning no slot, so every keyed command
+    /// answers CLUSTERDOWN until the grid's map arrives through the log.
+    pub fn joining(me: NodeId, config: &Config, addr: SocketAddr) -> Cluster {
+        let info = announce(me, config, addr);
+        let assignment = vec![SlotAssignment::default(); crate::store::SLOT_COUNT];
+        let map = SlotMap::from_assignment(0, vec![info], &assignment).expect("an empty map is valid");
         let me_index = map.index_of(&me);
         Cluster { me, view: RwLock::new(Arc::new(View { map, me: me_index })) }
     }

@@ -82,6 +82,8 @@ pub struct Server {
     pub persistence: std::sync::OnceLock<Arc<crate::persistence::Persistence>>,
     /// Cluster state; set at start when `cluster-enabled` (unset: a standalone node).
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// This node's part in the grid's consensus, in cluster mode.
+    pub consensus: std::sync::OnceLock<Arc<crate::cluster::Consensus>>,
     /// ACL users (the `default` user carries `requirepass`).
     pub acl: crate::acl::Acl,
 }
@@ -130,6 +132,7 @@ impl Server {
             command_stats: Default::default(),
             persistence: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
+            consensus: std::sync::OnceLock::new(),
         };
         server.keyspace.add_listener(server.tracking.clone());
         server.memory.refresh(0);
@@ -191,7 +194,7 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {bind}:{port}"))?;
     let addr = listener.local_addr()?;
     *server.addr.write() = Some(addr);
-    crate::cluster::enable(&server, addr).context("cannot start cluster mode")?;
+    crate::cluster::start(&server, addr).await.context("cannot start cluster mode")?;
     info!(%addr, "cachegrid node ready to accept connections");
     if let Some(tx) = bound {
         let _ = tx.send(addr);

@@ -1,0 +1,227 @@
+//! The cluster bus: node-to-node requests over TCP on the bus port (client port + 10000 by
+//! default). A frame is a 4-byte big-endian length and a JSON body; each connection carries one
+//! request at a time and its response. JSON because the control plane (Raft votes, log entries,
+//! joins) is small and rare, and openraft's messages are serde types whose shapes a
+//! non-self-describing format does not always round-trip.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::consensus::{Consensus, TypeConfig};
+use super::node_id::NodeId;
+use super::slotmap::NodeInfo;
+
+/// Largest frame accepted: far above any control message, small enough that a confused or
+/// hostile peer cannot make a node allocate without bound.
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// Requests one node sends another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BusRequest {
+    /// Raft log replication and heartbeats.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft election.
+    Vote(VoteRequest<NodeId>),
+    /// Raft snapshot transfer, in chunks.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A node asks to become a member (sent to any member; forwarded to the leader).
+    Join(NodeInfo),
+    /// A member is to leave the grid (sent to any member; forwarded to the leader).
+    Leave(NodeId),
+}
+
+/// Answers to [`BusRequest`]s, variant for variant.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BusResponse {
+    /// To [`BusRequest::AppendEntries`].
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`BusRequest::Vote`].
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`BusRequest::InstallSnapshot`].
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// To [`BusRequest::Join`] and [`BusRequest::Leave`]: the slot map epoch the change
+    /// produced, or why it was refused.
+    Membership(Result<u64, String>),
+}
+
+/// Why a bus call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Connecting, sending or receiving failed.
+    #[error("cluster bus i/o with {peer}: {source}")]
+    Io {
+        /// The peer's bus address.
+        peer: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The peer did not answer in time.
+    #[error("cluster bus call to {0} timed out")]
+    Timeout(String),
+    /// A frame over [`MAX_FRAME`] or one that does not decode.
+    #[error("cluster bus protocol error with {peer}: {reason}")]
+    Protocol {
+        /// The peer's bus address.
+        peer: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Writes one frame.
+async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> std::io::Result<()> {
+    let body = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(std::io::Error::other("cluster bus frame too large"));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).await
+}
+
+/// Reads one frame; None at a clean end of stream between frames.
+async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "cluster bus frame too large"));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    serde_json::from_slice(&body).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// A connection to one peer's bus, opened on first use and again after any failure.
+pub struct BusClient {
+    peer: String,
+    stream: tokio::sync::Mutex<Option<TcpStream>>,
+}
+
+impl BusClient {
+    /// A client for the bus at `peer` (`host:port`); connects lazily.
+    pub fn new(peer: impl Into<String>) -> BusClient {
+        BusClient { peer: peer.into(), stream: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The peer's bus address.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Sends `request` and waits up to `timeout` for the answer. A failed or timed-out call
+    /// drops the connection, so a late answer is never taken for the next call's.
+    pub async fn call(&self, request: &BusRequest, timeout: Duration) -> Result<BusResponse, BusError> {
+        let mut slot = self.stream.lock().await;
+        let peer = self.peer.clone();
+        let exchange = async {
+            if slot.is_none() {
+                let stream = TcpStream::connect(&peer).await?;
+                stream.set_nodelay(true)?;
+                *slot = Some(stream);
+            }
+            let stream = slot.as_mut().expect("connected above");
+            write_frame(stream, request).await?;
+            read_frame::<BusResponse>(stream)
+                .await?
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "peer closed the bus"))
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(response)) => return Ok(response),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Err(BusError::Protocol { peer: peer.clone(), reason: e.to_string() })
+            }
+            Ok(Err(source)) => Err(BusError::Io { peer: peer.clone(), source }),
+            Err(_) => Err(BusError::Timeout(peer.clone())),
+        };
+        *slot = None;
+        result
+    }
+}
+
+/// Binds the bus port. Bound before the node announces itself, so peers never learn of an
+/// address nobody listens on.
+pub async fn bind(bind: &str, port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::bind((bind, port)).await
+}
+
+/// Serves bus requests until `shutdown`, handing each to `consensus`.
+pub async fn serve(listener: TcpListener, consensus: Arc<Consensus>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let consensus = consensus.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            r = serve_peer(stream, peer, consensus) => if let Err(e) = r {
+                                tracing::debug!(%peer, error = %e, "cluster bus connection ended");
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster bus accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_peer(mut stream: TcpStream, _peer: SocketAddr, consensus: Arc<Consensus>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    while let Some(request) = read_frame::<BusRequest>(&mut stream).await? {
+        let response = consensus.handle(request).await;
+        write_frame(&mut stream, &response).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_refused_before_it_is_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_frame::<BusRequest>(&mut s).await
+        });
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
+        let err = server.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_call_to_nobody_fails_without_hanging() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let client = BusClient::new(addr.to_string());
+        let r = client.call(&BusRequest::Leave(NodeId([1; 20])), Duration::from_secs(2)).await;
+        assert!(matches!(r, Err(BusError::Io { .. })), "{r:?}");
+    }
+}

@@ -1,0 +1,274 @@
+//! Agreement on membership and the slot map through openraft (0.9): every member is a Raft
+//! voter, the log carries [`GridCommand`]s, and the state machine ([`machine`]) turns them into
+//! the [`GridState`] whose map every node installs. Nothing here votes or elects by itself:
+//! openraft does, over the cluster bus ([`crate::cluster::bus`]).
+//!
+//! A node with no seeds bootstraps a grid of one. A node started with `--join` asks a member
+//! (any member: non-leaders forward to the leader) to add it; the leader adds it as a Raft
+//! learner, waits for it to catch up, makes it a voter, and then commits `Join`, which
+//! re-places slots.
+
+pub mod log_store;
+pub mod machine;
+mod network;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, ChangeMembers, Raft, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+
+use super::bus::{BusClient, BusRequest, BusResponse};
+use super::membership::{GridCommand, GridState};
+use super::node_id::NodeId;
+use super::slotmap::NodeInfo;
+use super::state::Cluster;
+use machine::GridMachine;
+
+openraft::declare_raft_types!(
+    /// openraft's type parameters for the grid's log.
+    pub TypeConfig:
+        D = GridCommand,
+        R = GridResponse,
+        NodeId = NodeId,
+        Node = BasicNode,
+);
+
+/// What applying a log entry answers: the slot map epoch after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GridResponse {
+    /// Epoch of the map in force after the entry.
+    pub epoch: u64,
+}
+
+/// How long a forwarded join or leave may take: the leader waits for a new member to catch up.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// This node's part in the consensus group.
+pub struct Consensus {
+    /// The Raft instance (metrics, shutdown).
+    pub raft: Raft<TypeConfig>,
+    me: NodeInfo,
+    replicas: usize,
+    machine: GridMachine,
+    /// One membership change at a time on this node, so two joins do not race each other.
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// The bus address of a node.
+pub fn bus_address(info: &NodeInfo) -> String {
+    format!("{}:{}", info.host, info.bus_port)
+}
+
+/// A seed's bus address: `HOST:PORT` names a member's client port (its bus is PORT + 10000,
+/// Redis's default); `HOST:PORT@BUSPORT` names the bus port, as CLUSTER NODES writes it.
+pub fn seed_bus_address(seed: &str) -> Result<String, String> {
+    let bad = || format!("a seed is HOST:PORT or HOST:PORT@BUSPORT, got {seed:?}");
+    let (client, bus) = match seed.split_once('@') {
+        Some((c, b)) => (c, Some(b.parse::<u16>().map_err(|_| bad())?)),
+        None => (seed, None),
+    };
+    let (host, port) = client.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let bus = match bus {
+        Some(b) => b,
+        None => port.checked_add(10000).ok_or_else(bad)?,
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok(format!("{host}:{bus}"))
+}
+
+impl Consensus {
+    /// Opens the Raft state in `dir` (created if missing) and starts Raft. The bus must already
+    /// be listening: peers talk to this node as soon as it is a learner.
+    pub async fn start(
+        dir: &Path,
+        me: NodeInfo,
+        replicas: usize,
+        cluster: Arc<Cluster>,
+    ) -> anyhow::Result<Arc<Consensus>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let log = log_store::LogStore::open(dir).context("cannot open the Raft log")?;
+        let machine = GridMachine::open(dir, cluster).context("cannot open the Raft snapshot")?;
+        let config = openraft::Config {
+            cluster_name: "cachegrid".into(),
+            // Generous for a loaded two-core machine: a missed heartbeat must not depose a
+            // healthy leader.
+            heartbeat_interval: 150,
+            election_timeout_min: 750,
+            election_timeout_max: 1500,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(100),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        }
+        .validate()
+        .context("Raft configuration")?;
+        let raft = Raft::new(me.id, Arc::new(config), network::BusNetwork, log, machine.clone())
+            .await
+            .context("cannot start Raft")?;
+        Ok(Arc::new(Consensus { raft, me, replicas, machine, changes: tokio::sync::Mutex::new(()) }))
+    }
+
+    /// The grid as this node has applied it.
+    pub fn grid(&self) -> Option<GridState> {
+        self.machine.state().grid
+    }
+
+    /// The current Raft leader, if one is known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Brings this node into a grid: a fresh node without seeds becomes a grid of one; a fresh
+    /// node with seeds asks them to add it, retrying until one does; a restarted member
+    /// re-announces itself if its address or zone changed. Runs until done or `shutdown`.
+    pub async fn establish(self: &Arc<Self>, seeds: &[String], shutdown: tokio_util::sync::CancellationToken) {
+        let initialized = self.raft.is_initialized().await.unwrap_or(false);
+        if !initialized && seeds.is_empty() {
+            let nodes = BTreeMap::from([(self.me.id, BasicNode::new(bus_address(&self.me)))]);
+            if let Err(e) = self.raft.initialize(nodes).await {
+                tracing::warn!(error = %e, "cannot initialize the grid");
+            }
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.settle(seeds).await {
+                Ok(None) => return,
+                Ok(Some(epoch)) => {
+                    tracing::info!(epoch, node_id = %self.me.id, "member of the grid");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "not a member of the grid yet; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One attempt of [`Consensus::establish`]: Ok(None) when nothing needed doing.
+    async fn settle(&self, seeds: &[String]) -> Result<Option<u64>, String> {
+        let grid = self.grid();
+        if grid.as_ref().and_then(|g| g.members.get(&self.me.id)) == Some(&self.me) {
+            return Ok(None);
+        }
+        if grid.is_none() && self.raft.is_initialized().await.unwrap_or(false) && seeds.is_empty() {
+            // The first member: write the grid's first entry once this node leads.
+            let write = GridCommand::Bootstrap { first: self.me.clone(), replicas: self.replicas };
+            return match self.raft.client_write(write).await {
+                Ok(r) => Ok(Some(r.data.epoch)),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        if grid.is_some() && self.leader().is_some() {
+            // A restarted member whose address or zone changed: announce it through the leader.
+            return self.join(self.me.clone()).await.map(Some);
+        }
+        let mut last = "no seed answered".to_string();
+        for seed in seeds {
+            let bus = seed_bus_address(seed)?;
+            match BusClient::new(bus).call(&BusRequest::Join(self.me.clone()), CHANGE_TIMEOUT).await {
+                Ok(BusResponse::Membership(Ok(epoch))) => return Ok(Some(epoch)),
+                Ok(BusResponse::Membership(Err(e))) => last = format!("{seed}: {e}"),
+                Ok(other) => last = format!("{seed}: unexpected answer {other:?}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+
+    /// Adds `info` to the grid (or updates its address and zone) and returns the map epoch
+    /// after the change. On a non-leader this forwards to the leader.
+    pub async fn join(&self, info: NodeInfo) -> Result<u64, String> {
+        if self.leader() != Some(self.me.id) {
+            return self.forward(BusRequest::Join(info)).await;
+        }
+        let _turn = self.changes.lock().await;
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|v| v == info.id);
+        let bus = bus_address(&info);
+        let known = membership.get_node(&info.id).map(|n| n.addr.clone());
+        if known.as_deref() != Some(bus.as_str()) {
+            let node = BasicNode::new(bus);
+            if known.is_some() {
+                let nodes = BTreeMap::from([(info.id, node)]);
+                self.raft.change_membership(ChangeMembers::SetNodes(nodes), true).await.map_err(|e| e.to_string())?;
+            } else {
+                // Blocks until the learner has caught up with the log.
+                self.raft.add_learner(info.id, node, true).await.map_err(|e| e.to_string())?;
+            }
+        }
+        if !is_voter {
+            let ids = BTreeSet::from([info.id]);
+            self.raft.change_membership(ChangeMembers::AddVoterIds(ids), true).await.map_err(|e| e.to_string())?;
+        }
+        let r = self.raft.client_write(GridCommand::Join(info)).await.map_err(|e| e.to_string())?;
+        Ok(r.data.epoch)
+    }
+
+    /// Removes member `id` from the grid and from Raft; its slots move to the others.
+    pub async fn leave(&self, id: NodeId) -> Result<u64, String> {
+        if self.leader() != Some(self.me.id) {
+            return self.forward(BusRequest::Leave(id)).await;
+        }
+        let _turn = self.changes.lock().await;
+        let grid = self.grid().ok_or("the grid is not bootstrapped")?;
+        if !grid.members.contains_key(&id) {
+            return Err(format!("{id} is not a member"));
+        }
+        if grid.members.len() == 1 {
+            return Err("the last member cannot leave".into());
+        }
+        let r = self.raft.client_write(GridCommand::Leave(id)).await.map_err(|e| e.to_string())?;
+        let ids = BTreeSet::from([id]);
+        self.raft.change_membership(ChangeMembers::RemoveVoters(ids.clone()), false).await.map_err(|e| e.to_string())?;
+        Ok(r.data.epoch)
+    }
+
+    /// Sends a membership request to the leader.
+    async fn forward(&self, request: BusRequest) -> Result<u64, String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader.ok_or("no leader is known yet")?;
+        let node = metrics.membership_config.membership().get_node(&leader).cloned().ok_or("the leader has no address")?;
+        match BusClient::new(node.addr).call(&request, CHANGE_TIMEOUT).await {
+            Ok(BusResponse::Membership(r)) => r,
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Answers one bus request.
+    pub async fn handle(&self, request: BusRequest) -> BusResponse {
+        match request {
+            BusRequest::AppendEntries(rpc) => BusResponse::AppendEntries(self.raft.append_entries(rpc).await),
+            BusRequest::Vote(rpc) => BusResponse::Vote(self.raft.vote(rpc).await),
+            BusRequest::InstallSnapshot(rpc) => BusResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await),
+            BusRequest::Join(info) => BusResponse::Membership(self.join(info).await),
+            BusRequest::Leave(id) => BusResponse::Membership(self.leave(id).await),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_name_the_client_port_or_the_bus_port() {
+        assert_eq!(seed_bus_address("10.0.0.1:7379").unwrap(), "10.0.0.1:17379");
+        assert_eq!(seed_bus_address("node-a:7000@17500").unwrap(), "node-a:17500");
+        assert!(seed_bus_address("node-a").is_err());
+        assert!(seed_bus_address(":7000").is_err());
+        assert!(seed_bus_address("a:70000").is_err());
+        assert!(seed_bus_address("a:60000").is_err(), "no bus port above 65535");
+    }
+}

@@ -1,0 +1,95 @@
+//! openraft's network over the cluster bus: one [`BusClient`] per peer, and openraft's error
+//! kinds from bus failures (a peer we cannot reach is `Unreachable`, so openraft backs off).
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+
+use super::TypeConfig;
+use crate::cluster::bus::{BusClient, BusError, BusRequest, BusResponse};
+use crate::cluster::node_id::NodeId;
+
+/// Makes a [`PeerLink`] per peer openraft talks to.
+pub struct BusNetwork;
+
+/// The bus connection to one peer.
+pub struct PeerLink {
+    target: NodeId,
+    client: BusClient,
+}
+
+impl RaftNetworkFactory<TypeConfig> for BusNetwork {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerLink {
+        PeerLink { target, client: BusClient::new(node.addr.clone()) }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl PeerLink {
+    async fn call(&self, request: BusRequest, option: &RPCOption) -> Result<BusResponse, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
+        self.client.call(&request, option.hard_ttl()).await.map_err(|e| match e {
+            BusError::Protocol { .. } => RPCError::Network(NetworkError::new(&e)),
+            _ => RPCError::Unreachable(Unreachable::new(&e)),
+        })
+    }
+
+    fn remote<T, E: std::error::Error>(&self, r: Result<T, RaftError<NodeId, E>>) -> RpcResult<T, E> {
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// The bus answered with a response of another kind: a peer speaking another version.
+fn mismatch<E: std::error::Error>() -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other("unexpected cluster bus response")))
+}
+
+/// Re-types a transport error (they carry no remote error) for another RPC's error type.
+fn transport<E: std::error::Error>(
+    e: RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    match e {
+        RPCError::Unreachable(u) => RPCError::Unreachable(u),
+        RPCError::Network(n) => RPCError::Network(n),
+        RPCError::Timeout(t) => RPCError::Timeout(t),
+        RPCError::PayloadTooLarge(p) => RPCError::PayloadTooLarge(p),
+        RPCError::RemoteError(_) => mismatch(),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self.call(BusRequest::AppendEntries(rpc), &option).await.map_err(transport)? {
+            BusResponse::AppendEntries(r) => self.remote(r),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        match self.call(BusRequest::InstallSnapshot(rpc), &option).await? {
+            BusResponse::InstallSnapshot(r) => self.remote(r),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        match self.call(BusRequest::Vote(rpc), &option).await.map_err(transport)? {
+            BusResponse::Vote(r) => self.remote(r),
+            _ => Err(mismatch()),
+        }
+    }
+}
