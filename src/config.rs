@@ -193,7 +193,6 @@ impl Config {
         self.cluster_enabled || !self.cluster_join.is_empty()
     }
 
-
     /// Checks ranges the type system does not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if crate::store::EvictionPolicy::parse(&self.maxmemory_policy).is_none() {

@@ -32,6 +32,19 @@ enum Command {
     Status(AdminArgs),
     /// Exit 0 if a node's admin port answers /health, else 1 (for container health checks).
     Health(AdminArgs),
+    /// Take a node out of the grid (the one whose admin port is asked, or --node ID); its slots
+    /// move to the other members.
+    Leave(LeaveArgs),
+}
+
+/// Flags of `cachegrid leave`.
+#[derive(Args)]
+struct LeaveArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Id of the member to remove (40 hex characters); default: the node asked.
+    #[arg(long)]
+    node: Option<String>,
 }
 
 /// Which node's admin port to ask.
@@ -133,8 +146,15 @@ struct NodeArgs {
 }
 
 fn init_logging(config: &Config) {
+    // openraft narrates every election and membership step at info: keep it to warnings
+    // unless the operator asks for it by name.
+    let level = if config.log_level.contains("openraft") {
+        config.log_level.clone()
+    } else {
+        format!("{},openraft=warn", config.log_level)
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().init();
@@ -160,6 +180,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Status(args) => admin_command(args, |addr| async move {
             print!("{}", cachegrid::admin::cli::status(&addr).await?);
+            Ok(())
+        }),
+        Command::Leave(args) => admin_command(args.admin, |addr| async move {
+            let epoch = cachegrid::admin::cli::leave(&addr, args.node.as_deref()).await?;
+            println!("left the grid; slot map epoch {epoch}");
             Ok(())
         }),
         Command::Health(args) => admin_command(args, |addr| async move {

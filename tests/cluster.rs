@@ -13,7 +13,8 @@ use cachegrid::cluster::{Migration, NodeInfo, SlotAssignment, SlotMap};
 use cachegrid::store::{key_slot, SLOT_COUNT};
 use common::{reference_redis, Differential, Raw, TestNode};
 
-/// A node with `cluster-enabled`, its node id kept in a fresh directory.
+/// A node with `cluster-enabled`, its node id kept in a fresh directory, once its grid of one
+/// is committed (so a map laid out by hand afterwards is not replaced by the bootstrap's).
 fn cluster_node() -> (TestNode, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
@@ -21,6 +22,11 @@ fn cluster_node() -> (TestNode, tempfile::TempDir) {
         c.cluster_enabled = true;
         c.dir = path;
     });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.server.cluster.get().unwrap().map().epoch == 0 {
+        assert!(Instant::now() < deadline, "the grid of one is bootstrapped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     (node, dir)
 }
 

@@ -1,6 +1,6 @@
 //! The admin subcommands of the `cachegrid` binary: `status` prints the grid from a node's
 //! `/cluster`, `health` exits 0 when a node's `/health` answers (the container HEALTHCHECK,
-//! so the image needs no curl). Both talk HTTP/1.1 to the admin port through hyper.
+//! so the image needs no curl), `leave` takes a node out of the grid. They talk HTTP/1.1 to the admin port through hyper.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -37,18 +37,50 @@ pub fn default_admin_addr(config: &Config) -> anyhow::Result<String> {
 
 /// GETs `path` from the admin port at `addr` (`host:port`); the status and body.
 pub async fn get(addr: &str, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
-    tokio::time::timeout(TIMEOUT, async {
+    request(addr, hyper::Method::GET, path, TIMEOUT).await
+}
+
+/// Sends `method path` to the admin port at `addr`, waiting up to `timeout`.
+async fn request(
+    addr: &str,
+    method: hyper::Method,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    tokio::time::timeout(timeout, async {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let req = Request::get(path).header(HOST, addr).body(Empty::<Bytes>::new())?;
-        let res = sender.send_request(req).await.with_context(|| format!("GET {path} from {addr}"))?;
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(HOST, addr)
+            .body(Empty::<Bytes>::new())?;
+        let res = sender.send_request(req).await.with_context(|| format!("{method} {path} at {addr}"))?;
         let status = res.status();
         let body = res.into_body().collect().await?.to_bytes();
         Ok((status, body))
     })
     .await
-    .with_context(|| format!("no answer from {addr} within {TIMEOUT:?}"))?
+    .with_context(|| format!("no answer from {addr} within {timeout:?}"))?
+}
+
+/// `cachegrid leave`: asks the node at `addr` to take `node` (itself when None) out of the
+/// grid; its slots are re-placed on the others. Returns the new slot map epoch.
+pub async fn leave(addr: &str, node: Option<&str>) -> anyhow::Result<u64> {
+    let path = match node {
+        Some(id) => format!("/cluster/leave?node={id}"),
+        None => "/cluster/leave".to_string(),
+    };
+    // A leave waits for Raft to commit the change.
+    let (status, body) = request(addr, hyper::Method::POST, &path, Duration::from_secs(60)).await?;
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    if status != StatusCode::OK {
+        bail!("{addr} refused the leave ({status}): {text}");
+    }
+    text.strip_prefix("epoch ")
+        .and_then(|e| e.parse().ok())
+        .with_context(|| format!("unexpected answer {text:?}"))
 }
 
 /// `cachegrid health`: Ok when `/health` answers 200.

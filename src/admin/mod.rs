@@ -130,6 +130,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/cluster", get(cluster_json))
+        .route("/cluster/leave", axum::routing::post(cluster_leave))
         .with_state(admin)
 }
 
@@ -154,6 +155,33 @@ async fn ready(State(admin): State<Arc<Admin>>) -> (StatusCode, &'static str) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         (StatusCode::OK, "ready\n")
+    }
+}
+
+/// Query of `POST /cluster/leave`.
+#[derive(serde::Deserialize)]
+struct LeaveQuery {
+    /// The member to remove; default: the node answering.
+    node: Option<String>,
+}
+
+/// `POST /cluster/leave[?node=ID]`: takes a member out of the grid through Raft; answers
+/// `epoch N` with the new slot map epoch once committed.
+async fn cluster_leave(
+    State(admin): State<Arc<Admin>>,
+    axum::extract::Query(q): axum::extract::Query<LeaveQuery>,
+) -> (StatusCode, String) {
+    let Some(consensus) = admin.server.consensus.get() else {
+        return (StatusCode::CONFLICT, "this node is not in cluster mode\n".into());
+    };
+    let id = match q.node.as_deref().map(str::parse::<crate::cluster::NodeId>) {
+        None => admin.server.cluster.get().map(|c| c.me).expect("cluster mode has a cluster"),
+        Some(Ok(id)) => id,
+        Some(Err(e)) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    match consensus.leave(id).await {
+        Ok(epoch) => (StatusCode::OK, format!("epoch {epoch}\n")),
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")),
     }
 }
 

@@ -105,7 +105,9 @@ async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std
     }
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await?;
-    serde_json::from_slice(&body).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// A connection to one peer's bus, opened on first use and again after any failure.
@@ -188,7 +190,11 @@ pub async fn serve(listener: TcpListener, consensus: Arc<Consensus>, shutdown: C
     }
 }
 
-async fn serve_peer(mut stream: TcpStream, _peer: SocketAddr, consensus: Arc<Consensus>) -> std::io::Result<()> {
+async fn serve_peer(
+    mut stream: TcpStream,
+    _peer: SocketAddr,
+    consensus: Arc<Consensus>,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     while let Some(request) = read_frame::<BusRequest>(&mut stream).await? {
         let response = consensus.handle(request).await;

@@ -57,8 +57,9 @@ impl LogStore {
     /// Writes the current state to disk off the runtime thread.
     async fn save(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError<NodeId>> {
         let _turn = self.write.lock().await;
-        let bytes = serde_json::to_vec(&*self.state.lock())
-            .map_err(|e| StorageError::from_io_error(subject.clone(), ErrorVerb::Write, std::io::Error::other(e)))?;
+        let bytes = serde_json::to_vec(&*self.state.lock()).map_err(|e| {
+            StorageError::from_io_error(subject.clone(), ErrorVerb::Write, std::io::Error::other(e))
+        })?;
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
             .await
@@ -123,7 +124,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.state.lock().committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -157,6 +162,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openraft::entry::RaftEntry;
 
     #[tokio::test]
     async fn the_vote_and_log_survive_a_reopen() {
@@ -164,7 +170,13 @@ mod tests {
         let mut store = LogStore::open(dir.path()).unwrap();
         let vote = Vote::new(3, NodeId([7; 20]));
         store.save_vote(&vote).await.unwrap();
-        store.state.lock().entries.insert(1, Entry::<TypeConfig>::new_blank(LogId::new(openraft::CommittedLeaderId::new(3, NodeId([7; 20])), 1)));
+        store.state.lock().entries.insert(
+            1,
+            Entry::<TypeConfig>::new_blank(LogId::new(
+                openraft::CommittedLeaderId::new(3, NodeId([7; 20])),
+                1,
+            )),
+        );
         store.purge(LogId::new(openraft::CommittedLeaderId::new(3, NodeId([7; 20])), 0)).await.unwrap();
 
         let mut again = LogStore::open(dir.path()).unwrap();

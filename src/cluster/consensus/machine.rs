@@ -48,7 +48,11 @@ pub struct GridMachine {
     cluster: Arc<Cluster>,
 }
 
-fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
+fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::fmt::Display,
+) -> StorageError<NodeId> {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
 }
 
@@ -107,7 +111,8 @@ impl GridMachine {
     }
 
     async fn save_snapshot(&self, snap: StoredSnapshot) -> Result<(), StorageError<NodeId>> {
-        let bytes = serde_json::to_vec(&snap).map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        let bytes = serde_json::to_vec(&snap)
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || super::log_store::write_atomically(&path, &bytes))
             .await
@@ -126,12 +131,17 @@ fn invalid(e: serde_json::Error) -> std::io::Error {
 impl RaftSnapshotBuilder<TypeConfig> for GridMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let state = self.state();
-        let data = serde_json::to_vec(&state).map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        let data = serde_json::to_vec(&state)
+            .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
         let id = match state.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, rand::random::<u32>()),
             None => format!("empty-{}", rand::random::<u32>()),
         };
-        let meta = SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership, snapshot_id: id };
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership,
+            snapshot_id: id,
+        };
         self.save_snapshot(StoredSnapshot { meta: meta.clone(), data: data.clone() }).await?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -188,8 +198,8 @@ impl RaftStateMachine<TypeConfig> for GridMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let state: MachineState =
-            serde_json::from_slice(&data).map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        let state: MachineState = serde_json::from_slice(&data)
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         *self.state.lock() = state;
         self.save_snapshot(StoredSnapshot { meta: meta.clone(), data }).await?;
         self.publish();
@@ -197,9 +207,10 @@ impl RaftStateMachine<TypeConfig> for GridMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.snapshot.lock().as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
-        }))
+        Ok(self
+            .snapshot
+            .lock()
+            .as_ref()
+            .map(|s| Snapshot { meta: s.meta.clone(), snapshot: Box::new(Cursor::new(s.data.clone())) }))
     }
 }

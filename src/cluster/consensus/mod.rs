@@ -128,7 +128,11 @@ impl Consensus {
     /// Brings this node into a grid: a fresh node without seeds becomes a grid of one; a fresh
     /// node with seeds asks them to add it, retrying until one does; a restarted member
     /// re-announces itself if its address or zone changed. Runs until done or `shutdown`.
-    pub async fn establish(self: &Arc<Self>, seeds: &[String], shutdown: tokio_util::sync::CancellationToken) {
+    pub async fn establish(
+        self: &Arc<Self>,
+        seeds: &[String],
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
         let initialized = self.raft.is_initialized().await.unwrap_or(false);
         if !initialized && seeds.is_empty() {
             let nodes = BTreeMap::from([(self.me.id, BasicNode::new(bus_address(&self.me)))]);
@@ -188,7 +192,7 @@ impl Consensus {
     /// Adds `info` to the grid (or updates its address and zone) and returns the map epoch
     /// after the change. On a non-leader this forwards to the leader.
     pub async fn join(&self, info: NodeInfo) -> Result<u64, String> {
-        if self.leader() != Some(self.me.id) {
+        if self.known_leader().await != Some(self.me.id) {
             return self.forward(BusRequest::Join(info)).await;
         }
         let _turn = self.changes.lock().await;
@@ -201,7 +205,10 @@ impl Consensus {
             let node = BasicNode::new(bus);
             if known.is_some() {
                 let nodes = BTreeMap::from([(info.id, node)]);
-                self.raft.change_membership(ChangeMembers::SetNodes(nodes), true).await.map_err(|e| e.to_string())?;
+                self.raft
+                    .change_membership(ChangeMembers::SetNodes(nodes), true)
+                    .await
+                    .map_err(|e| e.to_string())?;
             } else {
                 // Blocks until the learner has caught up with the log.
                 self.raft.add_learner(info.id, node, true).await.map_err(|e| e.to_string())?;
@@ -209,7 +216,10 @@ impl Consensus {
         }
         if !is_voter {
             let ids = BTreeSet::from([info.id]);
-            self.raft.change_membership(ChangeMembers::AddVoterIds(ids), true).await.map_err(|e| e.to_string())?;
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(ids), true)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         let r = self.raft.client_write(GridCommand::Join(info)).await.map_err(|e| e.to_string())?;
         Ok(r.data.epoch)
@@ -217,7 +227,7 @@ impl Consensus {
 
     /// Removes member `id` from the grid and from Raft; its slots move to the others.
     pub async fn leave(&self, id: NodeId) -> Result<u64, String> {
-        if self.leader() != Some(self.me.id) {
+        if self.known_leader().await != Some(self.me.id) {
             return self.forward(BusRequest::Leave(id)).await;
         }
         let _turn = self.changes.lock().await;
@@ -230,15 +240,30 @@ impl Consensus {
         }
         let r = self.raft.client_write(GridCommand::Leave(id)).await.map_err(|e| e.to_string())?;
         let ids = BTreeSet::from([id]);
-        self.raft.change_membership(ChangeMembers::RemoveVoters(ids.clone()), false).await.map_err(|e| e.to_string())?;
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(r.data.epoch)
+    }
+
+    /// Waits (a few seconds at most) until a leader is known: right after a start or an
+    /// election there is none for a moment.
+    async fn known_leader(&self) -> Option<NodeId> {
+        let waited = self.raft.wait(Some(Duration::from_secs(5)));
+        waited.metrics(|m| m.current_leader.is_some(), "a known leader").await.ok()?.current_leader
     }
 
     /// Sends a membership request to the leader.
     async fn forward(&self, request: BusRequest) -> Result<u64, String> {
         let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader.ok_or("no leader is known yet")?;
-        let node = metrics.membership_config.membership().get_node(&leader).cloned().ok_or("the leader has no address")?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .ok_or("the leader has no address")?;
         match BusClient::new(node.addr).call(&request, CHANGE_TIMEOUT).await {
             Ok(BusResponse::Membership(r)) => r,
             Ok(other) => Err(format!("unexpected answer {other:?}")),
@@ -251,7 +276,9 @@ impl Consensus {
         match request {
             BusRequest::AppendEntries(rpc) => BusResponse::AppendEntries(self.raft.append_entries(rpc).await),
             BusRequest::Vote(rpc) => BusResponse::Vote(self.raft.vote(rpc).await),
-            BusRequest::InstallSnapshot(rpc) => BusResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await),
+            BusRequest::InstallSnapshot(rpc) => {
+                BusResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+            }
             BusRequest::Join(info) => BusResponse::Membership(self.join(info).await),
             BusRequest::Leave(id) => BusResponse::Membership(self.leave(id).await),
         }

@@ -1,6 +1,9 @@
 //! openraft's network over the cluster bus: one [`BusClient`] per peer, and openraft's error
 //! kinds from bus failures (a peer we cannot reach is `Unreachable`, so openraft backs off).
 
+// openraft fixes these error types; their size is not ours to choose.
+#![allow(clippy::result_large_err)]
+
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -30,10 +33,15 @@ impl RaftNetworkFactory<TypeConfig> for BusNetwork {
     }
 }
 
-type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl PeerLink {
-    async fn call(&self, request: BusRequest, option: &RPCOption) -> Result<BusResponse, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
+    async fn call(
+        &self,
+        request: BusRequest,
+        option: &RPCOption,
+    ) -> Result<BusResponse, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
         self.client.call(&request, option.hard_ttl()).await.map_err(|e| match e {
             BusError::Protocol { .. } => RPCError::Network(NetworkError::new(&e)),
             _ => RPCError::Unreachable(Unreachable::new(&e)),

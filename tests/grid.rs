@@ -1,0 +1,189 @@
+//! The grid as operators run it: `cachegrid node` processes that join one another with
+//! `--join`, agree on one slot map through Raft, serve a cluster-aware client across all of
+//! them, survive a SIGKILLed member's restart, and let a member leave.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::NodeProcess;
+
+/// A free port on loopback (the kernel's choice, released at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One grid member: its process, data directory and ports.
+struct Member {
+    process: NodeProcess,
+    dir: tempfile::TempDir,
+    bus: u16,
+    admin: u16,
+    zone: &'static str,
+}
+
+impl Member {
+    /// Starts a member in `zone`; `seed` is another member to join, None to bootstrap.
+    fn start(zone: &'static str, seed: Option<&Member>) -> Member {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, admin) = (free_port(), free_port());
+        let process = spawn(dir.path(), zone, bus, admin, seed.map(Member::seed).as_deref());
+        Member { process, dir, bus, admin, zone }
+    }
+
+    /// How another node names this one in `--join`.
+    fn seed(&self) -> String {
+        format!("{}@{}", self.process.addr, self.bus)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.process.addr
+    }
+
+    /// SIGKILLs the process and starts it again on the same directory and ports, no seed.
+    fn kill_and_restart(&mut self) {
+        self.process.child.kill().unwrap();
+        self.process.child.wait().unwrap();
+        self.process = spawn(self.dir.path(), self.zone, self.bus, self.admin, None);
+    }
+
+    fn cluster_info(&self) -> String {
+        self.process.raw().cmd_str(&["CLUSTER", "INFO"])
+    }
+
+    fn myid(&self) -> String {
+        let reply = self.process.raw().cmd_str(&["CLUSTER", "MYID"]);
+        reply.lines().nth(1).unwrap_or_default().to_string()
+    }
+}
+
+fn spawn(dir: &std::path::Path, zone: &str, bus: u16, admin: u16, seed: Option<&str>) -> NodeProcess {
+    let (dir, bus, admin) = (dir.to_str().unwrap(), bus.to_string(), admin.to_string());
+    let mut args = vec!["--dir", dir, "--zone", zone, "--cluster-port", &bus, "--admin-port", &admin];
+    match seed {
+        Some(s) => args.extend(["--join", s]),
+        None => args.extend(["--cluster-enabled", "true"]),
+    }
+    NodeProcess::spawn(&args)
+}
+
+/// Waits until every member reports `known` nodes and the same agreed epoch and slot layout.
+fn wait_for_agreement(members: &[&Member], known: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let infos: Vec<String> = members.iter().map(|m| m.cluster_info()).collect();
+        let slots: Vec<String> =
+            members.iter().map(|m| m.process.raw().cmd_str(&["CLUSTER", "SLOTS"])).collect();
+        let want = format!("cluster_known_nodes:{known}\r\n");
+        let epoch =
+            |i: &String| i.lines().find(|l| l.starts_with("cluster_current_epoch")).map(str::to_owned);
+        // Epoch 0 is a node's own view before the grid's first entry is committed.
+        let agreed = |i: &String| !i.contains("cluster_current_epoch:0\r\n");
+        if infos.iter().all(|i| i.contains(&want) && i.contains("cluster_state:ok") && agreed(i))
+            && infos.iter().all(|i| epoch(i) == epoch(&infos[0]))
+            && slots.iter().all(|s| s == &slots[0])
+        {
+            return slots[0].clone();
+        }
+        assert!(Instant::now() < deadline, "no agreement on {known} nodes: {infos:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn cachegrid(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cachegrid")).args(args).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_joined_with_join_agree_on_one_map_and_serve_a_cluster_client() {
+    let a = Member::start("zone-a", None);
+    let b = Member::start("zone-b", Some(&a));
+    // The third asks the second, which is not the Raft leader: the join is forwarded.
+    let c = Member::start("zone-c", Some(&b));
+    let slots = wait_for_agreement(&[&a, &b, &c], 3);
+    for m in [&a, &b, &c] {
+        assert!(slots.contains(&m.addr().port().to_string()), "{} serves slots: {slots}", m.addr());
+    }
+
+    let client = redis::cluster::ClusterClient::new(vec![format!("redis://{}/", a.addr())]).unwrap();
+    let mut con = client.get_async_connection().await.unwrap();
+    for i in 0..300 {
+        let _: () = redis::cmd("SET").arg(format!("user:{i}")).arg(i).query_async(&mut con).await.unwrap();
+    }
+    for i in 0..300 {
+        let v: i64 = redis::cmd("GET").arg(format!("user:{i}")).query_async(&mut con).await.unwrap();
+        assert_eq!(v, i);
+    }
+    // Every key lives on the one node that owns its slot.
+    let sizes: Vec<i64> = [&a, &b, &c]
+        .iter()
+        .map(|m| m.process.raw().cmd_str(&["DBSIZE"]).trim_start_matches(':').trim().parse().unwrap())
+        .collect();
+    assert_eq!(sizes.iter().sum::<i64>(), 300, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n > 50), "keys spread over the three: {sizes:?}");
+}
+
+#[test]
+fn a_member_killed_and_restarted_keeps_its_id_and_its_place() {
+    let a = Member::start("zone-a", None);
+    let mut b = Member::start("zone-b", Some(&a));
+    let c = Member::start("zone-c", Some(&a));
+    let before = wait_for_agreement(&[&a, &b, &c], 3);
+    let (id, old_port) = (b.myid(), b.addr().port());
+    b.kill_and_restart();
+    assert_eq!(b.myid(), id, "the node id lives in the data directory");
+    // The test's nodes take a new client port on each start: the member re-announces it.
+    let expected = before.replace(&format!(":{old_port}\r\n"), &format!(":{}\r\n", b.addr().port()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wait_for_agreement(&[&a, &b, &c], 3) != expected {
+        assert!(Instant::now() < deadline, "same slots, same members, the new address: {expected}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_single_node_grid_survives_its_own_restart() {
+    let mut a = Member::start("zone-a", None);
+    let before = wait_for_agreement(&[&a], 1);
+    let old_port = a.addr().port();
+    a.kill_and_restart();
+    let expected = before.replace(&format!(":{old_port}\r\n"), &format!(":{}\r\n", a.addr().port()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wait_for_agreement(&[&a], 1) != expected {
+        assert!(Instant::now() < deadline, "the restarted node announces its new address");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_member_that_leaves_hands_its_slots_to_the_others() {
+    let a = Member::start("zone-a", None);
+    let b = Member::start("zone-b", Some(&a));
+    let c = Member::start("zone-c", Some(&a));
+    wait_for_agreement(&[&a, &b, &c], 3);
+    let out = cachegrid(&["leave", "--admin", &format!("127.0.0.1:{}", c.admin)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("slot map epoch"));
+    let slots = wait_for_agreement(&[&a, &b], 2);
+    assert!(!slots.contains(&format!("{}", c.addr().port())), "the leaver serves nothing: {slots}");
+}
+
+#[test]
+fn leave_refuses_unknown_members_and_standalone_nodes() {
+    let a = Member::start("zone-a", None);
+    wait_for_agreement(&[&a], 1);
+    let admin = format!("127.0.0.1:{}", a.admin);
+    let out = cachegrid(&["leave", "--admin", &admin, "--node", &"ab".repeat(20)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a member"), "{out:?}");
+    let out = cachegrid(&["leave", "--admin", &admin]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the last member cannot leave"));
+
+    let admin_port = free_port();
+    let standalone = NodeProcess::spawn(&["--admin-port", &admin_port.to_string()]);
+    let out = cachegrid(&["leave", "--admin", &format!("127.0.0.1:{admin_port}")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in cluster mode"));
+    drop(standalone);
+}
