@@ -1,17 +1,22 @@
 //! Membership as a deterministic state machine: the members of the grid and the slot map,
 //! changed only by applying [`GridCommand`]s in order. This is the state the consensus log
-//! (openraft, in `consensus`) replicates: every node applying the same commands holds the same map,
-//! because placement is a pure function of membership, zones and the previous map.
+//! (openraft, in `consensus`) replicates: every node applying the same commands holds the same
+//! map, because placement is a pure function of membership, zones and the previous map.
+//!
+//! A slot whose primary changes while the old primary is still a member does not switch at
+//! once: the map records a migration (old primary still serving, ASK for keys already moved),
+//! the old primary moves the keys, and `SlotsMoved` hands the slot over. A member that leaves
+//! gracefully keeps serving until its last slot has moved, then drops out of the map.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::node_id::NodeId;
-use super::placement::{place, Member};
-use super::slotmap::{NodeInfo, SlotMap};
+use super::placement::{place, Member, SlotAssignment};
+use super::slotmap::{Migration, NodeInfo, SlotMap};
 
-/// A change to the grid, as it would be written to the consensus log.
+/// A change to the grid, as it is written to the consensus log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GridCommand {
     /// The grid's first entry: its first member and the replica count every member uses.
@@ -23,8 +28,19 @@ pub enum GridCommand {
     },
     /// A node joins, or announces a new address or zone.
     Join(NodeInfo),
-    /// A node leaves (gracefully, or declared dead).
+    /// A member leaves gracefully: its slots migrate to the others, then it is removed.
     Leave(NodeId),
+    /// A member is removed at once (it is gone for good): its slots go straight to others.
+    Forget(NodeId),
+    /// `from` has moved every key of `slots` to `to`: `to` becomes their primary.
+    SlotsMoved {
+        /// The old primary.
+        from: NodeId,
+        /// The new primary.
+        to: NodeId,
+        /// Slots handed over.
+        slots: Vec<u16>,
+    },
 }
 
 /// Members and the slot map they agreed on.
@@ -32,55 +48,165 @@ pub enum GridCommand {
 pub struct GridState {
     /// Replicas per slot (R).
     pub replicas: usize,
-    /// Current members by id.
+    /// Current members by id (leaving ones included until they hold nothing).
     pub members: BTreeMap<NodeId, NodeInfo>,
     /// The slot map for these members; its epoch counts map changes.
     pub map: SlotMap,
+    /// Members on their way out: placed nowhere, serving only what has not moved yet.
+    #[serde(default)]
+    pub leaving: BTreeSet<NodeId>,
+}
+
+/// Slot owners and migrations by node id, the form changes are computed in.
+struct Layout {
+    assignment: Vec<SlotAssignment>,
+    migrations: BTreeMap<u16, (NodeId, NodeId)>,
 }
 
 impl GridState {
     /// A grid of `first` alone, primary of every slot (epoch 1).
     pub fn new(first: NodeInfo, replicas: usize) -> GridState {
-        let members = BTreeMap::from([(first.id, first)]);
-        let map = layout(&members, replicas, &[], 1);
-        GridState { replicas, members, map }
+        let members = BTreeMap::from([(first.id, first.clone())]);
+        let assignment = place(&[Member { id: first.id, zone: first.zone }], replicas, &[]);
+        let map = SlotMap::from_assignment(1, members.values().cloned().collect(), &assignment)
+            .expect("placement only names members");
+        GridState { replicas, members, map, leaving: BTreeSet::new() }
+    }
+
+    /// Members that take slots: everyone but the leaving.
+    pub fn active(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.members.values().filter(|n| !self.leaving.contains(&n.id))
     }
 
     /// Applies one command. Returns whether the slot map changed (and its epoch increased);
     /// a command that changes nothing, like a repeated join, leaves the epoch alone.
     pub fn apply(&mut self, command: &GridCommand) -> bool {
-        match command {
+        let layout = match command {
             // Only meaningful before a grid exists (see the consensus state machine).
             GridCommand::Bootstrap { .. } => return false,
             GridCommand::Join(info) => {
-                if self.members.get(&info.id) == Some(info) {
+                if self.members.get(&info.id) == Some(info) && !self.leaving.contains(&info.id) {
                     return false;
                 }
+                self.leaving.remove(&info.id);
                 self.members.insert(info.id, info.clone());
+                self.replace(self.layout())
             }
             GridCommand::Leave(id) => {
-                // The last member stays: a grid of none cannot serve anything.
-                if self.members.len() == 1 || self.members.remove(id).is_none() {
+                // The last active member stays: a grid of none cannot serve anything.
+                if !self.members.contains_key(id) || self.leaving.contains(id) || self.active().count() == 1 {
                     return false;
                 }
+                self.leaving.insert(*id);
+                self.replace(self.layout())
+            }
+            GridCommand::Forget(id) => {
+                if !self.members.contains_key(id) || self.active().filter(|n| n.id != *id).count() == 0 {
+                    return false;
+                }
+                self.members.remove(id);
+                self.leaving.remove(id);
+                self.replace(self.layout())
+            }
+            GridCommand::SlotsMoved { from, to, slots } => {
+                let mut layout = self.layout();
+                let mut moved = false;
+                for &slot in slots {
+                    if layout.migrations.get(&slot) == Some(&(*from, *to)) {
+                        layout.migrations.remove(&slot);
+                        layout.assignment[slot as usize].primary = Some(*to);
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    return false;
+                }
+                // Placing again restores the replicas the migration left out (the old primary
+                // usually stays a replica); placement is stable, so nothing else moves.
+                self.replace(layout)
+            }
+        };
+        let layout = self.finish_leavers(layout);
+        self.map = build(self.map.epoch + 1, &self.members, &layout);
+        true
+    }
+
+    /// The current map by node id.
+    fn layout(&self) -> Layout {
+        let id = |i: u16| self.map.nodes[i as usize].id;
+        Layout {
+            assignment: self.map.assignment(),
+            migrations: self.map.migrations.iter().map(|(&s, m)| (s, (id(m.from), id(m.to)))).collect(),
+        }
+    }
+
+    /// Re-places slots on the active members, starting from `current`: a slot whose primary
+    /// changes keeps its old primary (if still a member) with a migration to the new one;
+    /// migrations under way keep going while both ends are members.
+    fn replace(&self, current: Layout) -> Layout {
+        let is_member = |id: &NodeId| self.members.contains_key(id);
+        let is_active = |id: &NodeId| is_member(id) && !self.leaving.contains(id);
+        // For placement, a slot under way counts as already at its target: minimal movement
+        // then keeps the target, and the migration need not change course.
+        let mut previous = current.assignment.clone();
+        for (&slot, (_, to)) in &current.migrations {
+            previous[slot as usize].primary = Some(*to);
+        }
+        for a in &mut previous {
+            a.primary = a.primary.filter(is_member);
+            a.replicas.retain(is_member);
+        }
+        let active: Vec<Member> =
+            self.active().map(|n| Member { id: n.id, zone: n.zone.clone() }).collect();
+        let target = place(&active, self.replicas, &previous);
+        let mut next = Layout { assignment: Vec::with_capacity(target.len()), migrations: BTreeMap::new() };
+        for (slot, t) in target.into_iter().enumerate() {
+            let now = current.assignment[slot].primary.filter(is_member);
+            let under_way = current.migrations.get(&(slot as u16)).filter(|(f, to)| is_member(f) && is_active(to));
+            let (primary, migration) = match (now, under_way, t.primary) {
+                (Some(p), Some(&(_, to)), _) => (Some(p), Some((p, to))),
+                (Some(p), None, Some(t)) if p != t => (Some(p), Some((p, t))),
+                (Some(p), None, _) => (Some(p), None),
+                (None, _, t) => (t, None),
+            };
+            let replicas = t.replicas.into_iter().filter(|r| Some(*r) != primary).collect();
+            next.assignment.push(SlotAssignment { primary, replicas });
+            if let Some(m) = migration {
+                next.migrations.insert(slot as u16, m);
             }
         }
-        self.map = layout(&self.members, self.replicas, &self.map.assignment(), self.map.epoch + 1);
-        true
+        next
+    }
+
+    /// Removes leaving members that no longer serve or receive any slot.
+    fn finish_leavers(&mut self, layout: Layout) -> Layout {
+        let busy: BTreeSet<NodeId> = layout
+            .assignment
+            .iter()
+            .filter_map(|a| a.primary)
+            .chain(layout.migrations.values().flat_map(|(f, t)| [*f, *t]))
+            .collect();
+        let done: Vec<NodeId> = self.leaving.iter().filter(|id| !busy.contains(id)).copied().collect();
+        for id in &done {
+            self.leaving.remove(id);
+            self.members.remove(id);
+        }
+        let mut layout = layout;
+        for a in &mut layout.assignment {
+            a.replicas.retain(|r| !done.contains(r));
+        }
+        layout
     }
 }
 
-fn layout(
-    members: &BTreeMap<NodeId, NodeInfo>,
-    replicas: usize,
-    previous: &[super::placement::SlotAssignment],
-    epoch: u64,
-) -> SlotMap {
-    let placement: Vec<Member> =
-        members.values().map(|n| Member { id: n.id, zone: n.zone.clone() }).collect();
-    let assignment = place(&placement, replicas, previous);
-    SlotMap::from_assignment(epoch, members.values().cloned().collect(), &assignment)
-        .expect("placement only names members")
+fn build(epoch: u64, members: &BTreeMap<NodeId, NodeInfo>, layout: &Layout) -> SlotMap {
+    let mut map = SlotMap::from_assignment(epoch, members.values().cloned().collect(), &layout.assignment)
+        .expect("placement only names members");
+    for (&slot, (from, to)) in &layout.migrations {
+        let (Some(from), Some(to)) = (map.index_of(from), map.index_of(to)) else { continue };
+        map.migrations.insert(slot, Migration { from, to });
+    }
+    map
 }
 
 #[cfg(test)]
@@ -91,23 +217,64 @@ mod tests {
 
     use crate::cluster::slotmap::test_node as node;
 
+    /// What the movers do: report every migration under way as done, until none is left (a
+    /// slot re-targeted while it moved moves once more).
+    fn settle(g: &mut GridState) {
+        for _ in 0..3 {
+            let mut by_pair: BTreeMap<(NodeId, NodeId), Vec<u16>> = BTreeMap::new();
+            for (&slot, m) in &g.map.migrations {
+                by_pair.entry((g.map.node(m.from).id, g.map.node(m.to).id)).or_default().push(slot);
+            }
+            for ((from, to), slots) in by_pair {
+                assert!(g.apply(&GridCommand::SlotsMoved { from, to, slots }));
+            }
+        }
+        assert!(g.map.migrations.is_empty());
+    }
+
+    fn primaries_of(g: &GridState, id: NodeId) -> usize {
+        let i = g.map.index_of(&id);
+        g.map.slots.iter().filter(|o| o.primary.is_some() && o.primary == i).count()
+    }
+
     #[test]
-    fn a_grid_grows_by_joins_and_every_change_bumps_the_epoch() {
+    fn a_join_migrates_slots_to_the_new_member_and_the_handover_bumps_the_epoch() {
         let mut g = GridState::new(node(1, "a"), 1);
         assert_eq!(g.map.epoch, 1);
         assert!(g.map.slots.iter().all(|o| o.primary == Some(0) && o.replicas.is_empty()));
         assert!(g.apply(&GridCommand::Join(node(2, "b"))));
+        // The old primary keeps serving until its keys have moved.
+        assert_eq!(primaries_of(&g, NodeId([1; 20])), SLOT_COUNT);
+        assert_eq!(g.map.migrations.len(), SLOT_COUNT / 2);
+        g.map.validate().unwrap();
+        settle(&mut g);
+        assert_eq!(primaries_of(&g, NodeId([2; 20])), SLOT_COUNT / 2);
         assert!(g.apply(&GridCommand::Join(node(3, "c"))));
-        assert_eq!(g.map.epoch, 3);
+        settle(&mut g);
         assert_eq!(g.map.nodes.len(), 3);
         assert_eq!(g.map.assigned_slots(), SLOT_COUNT);
-        assert!(g.map.slots.iter().all(|o| o.replicas.len() == 1));
+        assert!(g.map.slots.iter().all(|o| o.replicas.len() == 1 && !o.replicas.contains(&o.primary.unwrap())));
+    }
+
+    #[test]
+    fn a_stale_or_repeated_handover_changes_nothing() {
+        let mut g = GridState::new(node(1, "a"), 1);
+        g.apply(&GridCommand::Join(node(2, "b")));
+        let slot = *g.map.migrations.keys().next().unwrap();
+        let moved = GridCommand::SlotsMoved { from: NodeId([1; 20]), to: NodeId([2; 20]), slots: vec![slot] };
+        assert!(g.apply(&moved));
+        let before = g.clone();
+        assert!(!g.apply(&moved), "a replayed handover");
+        let wrong = GridCommand::SlotsMoved { from: NodeId([2; 20]), to: NodeId([1; 20]), slots: vec![slot] };
+        assert!(!g.apply(&wrong), "a handover no migration asked for");
+        assert_eq!(g, before);
     }
 
     #[test]
     fn replaying_a_join_changes_nothing() {
         let mut g = GridState::new(node(1, "a"), 1);
         g.apply(&GridCommand::Join(node(2, "b")));
+        settle(&mut g);
         let before = g.clone();
         assert!(!g.apply(&GridCommand::Join(node(2, "b"))));
         assert_eq!(g, before);
@@ -116,29 +283,69 @@ mod tests {
         moved.port = 9999;
         assert!(g.apply(&GridCommand::Join(moved)));
         assert_eq!(g.map.epoch, before.map.epoch + 1);
+        assert!(g.map.migrations.is_empty());
         assert_eq!(movement(&before.map.assignment(), &g.map.assignment()).new_copies, 0);
     }
 
     #[test]
-    fn a_leave_hands_its_slots_to_the_others_and_the_last_node_stays() {
+    fn a_leaver_serves_until_its_slots_have_moved_and_the_last_node_stays() {
         let mut g = GridState::new(node(1, "a"), 1);
         g.apply(&GridCommand::Join(node(2, "b")));
+        settle(&mut g);
         assert!(g.apply(&GridCommand::Leave(NodeId([1; 20]))));
+        assert_eq!(g.map.nodes.len(), 2, "still in the map while its keys move");
+        assert_eq!(g.map.migrations.len(), SLOT_COUNT / 2);
+        settle(&mut g);
         assert_eq!(g.map.nodes.len(), 1);
+        assert!(g.members.len() == 1 && g.leaving.is_empty());
         assert!(g.map.slots.iter().all(|o| o.primary == Some(0)));
         assert!(!g.apply(&GridCommand::Leave(NodeId([2; 20]))), "the last member cannot leave");
         assert!(!g.apply(&GridCommand::Leave(NodeId([9; 20]))), "unknown nodes are ignored");
     }
 
     #[test]
+    fn a_forgotten_member_loses_its_slots_at_once() {
+        let mut g = GridState::new(node(1, "a"), 1);
+        g.apply(&GridCommand::Join(node(2, "b")));
+        settle(&mut g);
+        assert!(g.apply(&GridCommand::Forget(NodeId([1; 20]))));
+        assert!(g.map.migrations.is_empty());
+        assert_eq!(g.map.nodes.len(), 1);
+        assert!(g.map.slots.iter().all(|o| o.primary == Some(0)));
+        assert!(!g.apply(&GridCommand::Forget(NodeId([2; 20]))), "the last member stays");
+    }
+
+    #[test]
+    fn a_join_during_migrations_keeps_them_on_course() {
+        let mut g = GridState::new(node(1, "a"), 1);
+        g.apply(&GridCommand::Join(node(2, "b")));
+        let before: Vec<(u16, Migration)> = g.map.migrations.iter().map(|(s, m)| (*s, *m)).collect();
+        g.apply(&GridCommand::Join(node(3, "c")));
+        let id = |g: &GridState, i: u16| g.map.node(i).id;
+        for (slot, m) in before {
+            let now = g.map.migrations.get(&slot).expect("still under way");
+            assert_eq!((id(&g, now.from), id(&g, now.to)), (NodeId([1; 20]), NodeId([2; 20])));
+            let _ = m;
+        }
+        g.map.validate().unwrap();
+        settle(&mut g);
+        assert_eq!(g.map.assigned_slots(), SLOT_COUNT);
+    }
+
+    #[test]
     fn nodes_applying_the_same_log_agree_on_the_map() {
-        let log = vec![
-            GridCommand::Join(node(2, "b")),
+        let mut first = GridState::new(node(1, "a"), 1);
+        let mut log = vec![GridCommand::Join(node(2, "b"))];
+        first.apply(&log[0]);
+        let (from, to) = (NodeId([1; 20]), NodeId([2; 20]));
+        log.push(GridCommand::SlotsMoved { from, to, slots: first.map.migrations.keys().copied().collect() });
+        log.extend([
             GridCommand::Join(node(3, "c")),
             GridCommand::Join(node(4, "a")),
             GridCommand::Leave(NodeId([2; 20])),
+            GridCommand::Forget(NodeId([3; 20])),
             GridCommand::Join(node(5, "b")),
-        ];
+        ]);
         // The log as it would travel: encoded with bincode.
         let bytes = bincode::serde::encode_to_vec(&log, bincode::config::standard()).unwrap();
         let (decoded, _): (Vec<GridCommand>, _) =
@@ -152,11 +359,11 @@ mod tests {
         };
         let (a, b) = (run(&log), run(&decoded));
         assert_eq!(a, b);
-        assert_eq!(a.map.epoch, 6);
-        // A snapshot of the state round-trips too.
-        let snap = bincode::serde::encode_to_vec(&a, bincode::config::standard()).unwrap();
-        let (back, _): (GridState, _) =
-            bincode::serde::decode_from_slice(&snap, bincode::config::standard()).unwrap();
+        assert_eq!(a.map.epoch, 8);
+        a.map.validate().unwrap();
+        // A snapshot of the state round-trips too (JSON, as the Raft snapshot is written).
+        let snap = serde_json::to_vec(&a).unwrap();
+        let back: GridState = serde_json::from_slice(&snap).unwrap();
         assert_eq!(back, a);
     }
 }

@@ -386,10 +386,17 @@ fn insert_loaded(server: &Server, key: &[u8], row: &postgres::Loaded) -> Result<
     if db.exists(key) {
         return Ok(false);
     }
-    LOADING.with(|l| l.set(true));
-    db.set(key, value, row.expires_at_ms.unwrap_or(0));
-    LOADING.with(|l| l.set(false));
+    loading(|| db.set(key, value, row.expires_at_ms.unwrap_or(0)));
     Ok(true)
+}
+
+/// Runs `f`, whose writes put into the keyspace what Postgres already has (a read-through
+/// load, keys arriving with a migrated slot): write-behind does not write them back.
+pub fn loading<T>(f: impl FnOnce() -> T) -> T {
+    LOADING.with(|l| l.set(true));
+    let r = f();
+    LOADING.with(|l| l.set(false));
+    r
 }
 
 /// Whether the command replaces its keys whatever they held (plain SET, SETEX, PSETEX, MSET):
@@ -407,8 +414,9 @@ fn overwrites(spec: &CommandSpec, args: &[Bytes]) -> bool {
 
 impl ChangeListener for Persistence {
     fn changed(&self, change: &Change<'_>) {
-        if change.cause == ChangeCause::Evicted || LOADING.with(|l| l.get()) {
-            // Eviction frees memory, the row stays; a loaded value came from the row.
+        if matches!(change.cause, ChangeCause::Evicted | ChangeCause::Migrated) || LOADING.with(|l| l.get()) {
+            // Eviction frees memory and a moved key lives on elsewhere: the row stays; a
+            // loaded value came from the row.
             return;
         }
         let Some((idx, space)) = self.space_of(change.key) else { return };

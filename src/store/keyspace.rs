@@ -277,6 +277,12 @@ impl Keyspace {
         Db { ks: self, locked, all: false, now, memo: Memo::default() }
     }
 
+    /// Locks the shard holding `slot`: what moving a slot's keys to another node needs.
+    pub fn lock_slot(&self, slot: u16, now: u64) -> Db<'_> {
+        let i = self.shard_of_slot(slot as usize);
+        Db { ks: self, locked: smallvec::smallvec![(i, self.shards[i].lock())], all: false, now, memo: Memo::default() }
+    }
+
     /// Locks every shard, for keyspace-wide commands (KEYS, SCAN, FLUSHALL, ...).
     pub fn lock_all(&self, now: u64) -> Db<'_> {
         let locked = self.shards.iter().enumerate().map(|(i, s)| (i, s.lock())).collect();
@@ -502,6 +508,7 @@ enum Removal {
     Command,
     Expired,
     Evicted,
+    Migrated,
 }
 
 /// Why a key changed, as [`ChangeListener`]s are told.
@@ -513,6 +520,8 @@ pub enum ChangeCause {
     Expired,
     /// maxmemory evicted it.
     Evicted,
+    /// Its slot moved to another node, which holds it now; the key itself did not change.
+    Migrated,
 }
 
 /// One change to one key: produced once by the keyspace, under the key's shard lock (so
@@ -756,6 +765,12 @@ impl<'a> Db<'a> {
         self.remove_with(key, Removal::Command)
     }
 
+    /// Removes `key` because its slot moved to another node (which already holds it):
+    /// listeners hear [`ChangeCause::Migrated`], so write-behind leaves its row alone.
+    pub fn remove_migrated(&mut self, key: &[u8]) -> Option<Entry> {
+        self.remove_with(key, Removal::Migrated)
+    }
+
     fn remove_evicted(&mut self, key: &[u8]) -> bool {
         self.remove_with(key, Removal::Evicted).is_some()
     }
@@ -779,7 +794,7 @@ impl<'a> Db<'a> {
         match why {
             Removal::Expired => ks.stats.expired_keys.fetch_add(1, Ordering::Relaxed),
             Removal::Evicted => ks.stats.evicted_keys.fetch_add(1, Ordering::Relaxed),
-            Removal::Command => 0,
+            Removal::Command | Removal::Migrated => 0,
         };
         self.signal(key, why);
         Some(entry)
@@ -819,6 +834,7 @@ impl<'a> Db<'a> {
             Removal::Expired => ChangeCause::Expired,
             Removal::Evicted => ChangeCause::Evicted,
             Removal::Command => ChangeCause::Command,
+            Removal::Migrated => ChangeCause::Migrated,
         };
         let change = Change { key, slot, entry, cause, now_ms };
         for l in ks.listeners.read().iter() {
