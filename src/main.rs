@@ -45,6 +45,9 @@ struct LeaveArgs {
     /// Id of the member to remove (40 hex characters); default: the node asked.
     #[arg(long)]
     node: Option<String>,
+    /// Remove the member at once without moving its keys: for a node that is gone for good.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Which node's admin port to ask.
@@ -183,8 +186,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Leave(args) => admin_command(args.admin, |addr| async move {
-            let epoch = cachegrid::admin::cli::leave(&addr, args.node.as_deref()).await?;
-            println!("left the grid; slot map epoch {epoch}");
+            let epoch = cachegrid::admin::cli::leave(&addr, args.node.as_deref(), args.force).await?;
+            eprintln!("leave committed at slot map epoch {epoch}");
+            if args.node.is_none() && !args.force {
+                // The asked node is the leaver: follow its keys until it holds none.
+                cachegrid::admin::cli::wait_until_left(&addr, std::time::Duration::from_secs(3600)).await?;
+            }
+            println!("left the grid");
             Ok(())
         }),
         Command::Health(args) => admin_command(args, |addr| async move {

@@ -1,6 +1,7 @@
 //! The grid as operators run it: `cachegrid node` processes that join one another with
 //! `--join`, agree on one slot map through Raft, serve a cluster-aware client across all of
-//! them, survive a SIGKILLed member's restart, and let a member leave.
+//! them, move keys with their slots while a client keeps writing, survive a SIGKILLed
+//! member's restart, and let a member leave.
 
 mod common;
 
@@ -92,6 +93,37 @@ fn wait_for_agreement(members: &[&Member], known: usize) -> String {
     }
 }
 
+/// Waits until no member has slots left to move and all agree (on `known` nodes).
+fn wait_for_rebalance(members: &[&Member], known: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let moving: Vec<String> = members.iter().map(|m| admin_get(m, "/cluster/moving")).collect();
+        if moving.iter().all(|t| t.contains("slots_leaving 0 ")) {
+            wait_for_agreement(members, known);
+            let again: Vec<String> = members.iter().map(|m| admin_get(m, "/cluster/moving")).collect();
+            if again.iter().all(|t| t.contains("slots_leaving 0 ")) && again.windows(2).all(|w| w[0] == w[1])
+            {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "slots still moving: {moving:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn admin_get(m: &Member, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", m.admin)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
+fn dbsize(m: &Member) -> i64 {
+    m.process.raw().cmd_str(&["DBSIZE"]).trim_start_matches(':').trim().parse().unwrap()
+}
+
 fn cachegrid(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cachegrid")).args(args).output().unwrap()
 }
@@ -102,6 +134,7 @@ async fn three_nodes_joined_with_join_agree_on_one_map_and_serve_a_cluster_clien
     let b = Member::start("zone-b", Some(&a));
     // The third asks the second, which is not the Raft leader: the join is forwarded.
     let c = Member::start("zone-c", Some(&b));
+    wait_for_rebalance(&[&a, &b, &c], 3);
     let slots = wait_for_agreement(&[&a, &b, &c], 3);
     for m in [&a, &b, &c] {
         assert!(slots.contains(&m.addr().port().to_string()), "{} serves slots: {slots}", m.addr());
@@ -130,6 +163,7 @@ fn a_member_killed_and_restarted_keeps_its_id_and_its_place() {
     let a = Member::start("zone-a", None);
     let mut b = Member::start("zone-b", Some(&a));
     let c = Member::start("zone-c", Some(&a));
+    wait_for_rebalance(&[&a, &b, &c], 3);
     let before = wait_for_agreement(&[&a, &b, &c], 3);
     let (id, old_port) = (b.myid(), b.addr().port());
     b.kill_and_restart();
@@ -157,17 +191,89 @@ fn a_single_node_grid_survives_its_own_restart() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_move_with_their_slots_when_nodes_join_and_leave_and_no_acknowledged_write_is_lost() {
+    let a = Member::start("zone-a", None);
+    wait_for_agreement(&[&a], 1);
+    // 3,000 keys on a grid of one.
+    let mut raw = a.process.raw();
+    for i in 0..3000 {
+        raw.cmd_str(&["SET", &format!("k:{i}"), &i.to_string()]);
+    }
+    raw.cmd_str(&["HSET", "session:{x}", "user", "alice", "cart", "3"]);
+    raw.cmd_str(&["SET", "volatile", "v", "EX", "600"]);
+
+    // A client keeps incrementing counters through the joins and the leave.
+    let client = redis::cluster::ClusterClientBuilder::new(vec![format!("redis://{}/", a.addr())])
+        .retries(50)
+        .build()
+        .unwrap();
+    let mut con = client.get_async_connection().await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut con = con.clone();
+        tokio::spawn(async move {
+            let mut acked = vec![0i64; 40];
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let c = i % acked.len();
+                let r: redis::RedisResult<i64> =
+                    redis::cmd("INCR").arg(format!("counter:{c}")).query_async(&mut con).await;
+                if r.is_ok() {
+                    acked[c] += 1;
+                }
+                i += 1;
+            }
+            acked
+        })
+    };
+
+    let b = tokio::task::block_in_place(|| Member::start("zone-b", Some(&a)));
+    let c = tokio::task::block_in_place(|| Member::start("zone-c", Some(&b)));
+    tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &b, &c], 3));
+    let sizes = [dbsize(&a), dbsize(&b), dbsize(&c)];
+    assert!(sizes.iter().all(|&n| n > 500), "keys spread over the three: {sizes:?}");
+
+    // b leaves gracefully: `cachegrid leave` follows its keys until it holds none.
+    let admin = format!("127.0.0.1:{}", b.admin);
+    let out = tokio::task::block_in_place(|| cachegrid(&["leave", "--admin", &admin]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("moving keys"), "progress is shown");
+    tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &c], 2));
+    assert_eq!(dbsize(&b), 0, "the leaver holds nothing");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    for i in 0..3000 {
+        let v: i64 = redis::cmd("GET").arg(format!("k:{i}")).query_async(&mut con).await.unwrap();
+        assert_eq!(v, i);
+    }
+    let cart: String = redis::cmd("HGET").arg("session:{x}").arg("cart").query_async(&mut con).await.unwrap();
+    assert_eq!(cart, "3");
+    let ttl: i64 = redis::cmd("TTL").arg("volatile").query_async(&mut con).await.unwrap();
+    assert!(ttl > 500, "the TTL moved with the key: {ttl}");
+    for (c, n) in acked.iter().enumerate() {
+        let v: Option<i64> =
+            redis::cmd("GET").arg(format!("counter:{c}")).query_async(&mut con).await.unwrap();
+        assert_eq!(v.unwrap_or(0), *n, "every acknowledged INCR of counter:{c} is there");
+    }
+    assert!(acked.iter().sum::<i64>() > 100, "the writer ran: {acked:?}");
+    assert_eq!(dbsize(&a) + dbsize(&c), 3000 + 2 + acked.iter().filter(|&&n| n > 0).count() as i64);
+}
+
 #[test]
-fn a_member_that_leaves_hands_its_slots_to_the_others() {
+fn a_member_forgotten_with_force_drops_out_at_once() {
     let a = Member::start("zone-a", None);
     let b = Member::start("zone-b", Some(&a));
     let c = Member::start("zone-c", Some(&a));
-    wait_for_agreement(&[&a, &b, &c], 3);
-    let out = cachegrid(&["leave", "--admin", &format!("127.0.0.1:{}", c.admin)]);
+    wait_for_rebalance(&[&a, &b, &c], 3);
+    let id = c.myid();
+    drop(c); // SIGKILL: gone for good. Two of three voters remain, a majority.
+    let out = cachegrid(&["leave", "--admin", &format!("127.0.0.1:{}", a.admin), "--node", &id, "--force"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("slot map epoch"));
     let slots = wait_for_agreement(&[&a, &b], 2);
-    assert!(!slots.contains(&format!("{}", c.addr().port())), "the leaver serves nothing: {slots}");
+    assert!(!slots.contains(&id), "{slots}");
 }
 
 #[test]

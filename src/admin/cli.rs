@@ -67,11 +67,13 @@ async fn request(
 
 /// `cachegrid leave`: asks the node at `addr` to take `node` (itself when None) out of the
 /// grid; its slots are re-placed on the others. Returns the new slot map epoch.
-pub async fn leave(addr: &str, node: Option<&str>) -> anyhow::Result<u64> {
-    let path = match node {
-        Some(id) => format!("/cluster/leave?node={id}"),
-        None => "/cluster/leave".to_string(),
-    };
+///
+/// Then [`wait_until_left`] shows the keys moving.
+pub async fn leave(addr: &str, node: Option<&str>, force: bool) -> anyhow::Result<u64> {
+    let mut path = format!("/cluster/leave?force={force}");
+    if let Some(id) = node {
+        path.push_str(&format!("&node={id}"));
+    }
     // A leave waits for Raft to commit the change.
     let (status, body) = request(addr, hyper::Method::POST, &path, Duration::from_secs(60)).await?;
     let text = String::from_utf8_lossy(&body).trim().to_string();
@@ -158,6 +160,37 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n}B")
     } else {
         format!("{v:.2}{}", UNITS[u])
+    }
+}
+
+/// Polls `/cluster/moving` at `addr` until the node is out of the map, printing the slots it
+/// still has to move (every second, on stderr), for at most `limit`.
+pub async fn wait_until_left(addr: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = String::new();
+    loop {
+        let (status, body) = get(addr, "/cluster/moving").await?;
+        let text = String::from_utf8_lossy(&body).trim().to_string();
+        if status != StatusCode::OK {
+            bail!("{addr}/cluster/moving answered {status}: {text}");
+        }
+        let field = |name: &str| {
+            let mut words = text.split_whitespace();
+            words.find(|w| *w == name).and(words.next()).and_then(|v| v.parse::<u64>().ok())
+        };
+        if field("member") == Some(0) {
+            eprintln!("done: the node holds no slot");
+            return Ok(());
+        }
+        let line = format!("moving keys: {} slots left", field("slots_leaving").unwrap_or(0));
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the node has not left after {limit:?}: {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

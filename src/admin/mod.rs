@@ -131,6 +131,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/ready", get(ready))
         .route("/cluster", get(cluster_json))
         .route("/cluster/leave", axum::routing::post(cluster_leave))
+        .route("/cluster/moving", get(cluster_moving))
         .with_state(admin)
 }
 
@@ -163,10 +164,14 @@ async fn ready(State(admin): State<Arc<Admin>>) -> (StatusCode, &'static str) {
 struct LeaveQuery {
     /// The member to remove; default: the node answering.
     node: Option<String>,
+    /// Remove it at once, without moving its keys (a node that is gone for good).
+    #[serde(default)]
+    force: bool,
 }
 
-/// `POST /cluster/leave[?node=ID]`: takes a member out of the grid through Raft; answers
-/// `epoch N` with the new slot map epoch once committed.
+/// `POST /cluster/leave[?node=ID][&force=true]`: takes a member out of the grid through Raft;
+/// answers `epoch N` with the new slot map epoch once committed (its keys move afterwards:
+/// see `/cluster/moving`).
 async fn cluster_leave(
     State(admin): State<Arc<Admin>>,
     axum::extract::Query(q): axum::extract::Query<LeaveQuery>,
@@ -179,10 +184,23 @@ async fn cluster_leave(
         Some(Ok(id)) => id,
         Some(Err(e)) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    match consensus.leave(id).await {
+    match consensus.leave(id, q.force).await {
         Ok(epoch) => (StatusCode::OK, format!("epoch {epoch}\n")),
         Err(e) => (StatusCode::CONFLICT, format!("{e}\n")),
     }
+}
+
+/// `GET /cluster/moving`: `member M slots_leaving N epoch E` — whether this node is in the
+/// map, how many of its slots are still migrating away, and the map epoch. `cachegrid leave`
+/// polls it to show progress.
+async fn cluster_moving(State(admin): State<Arc<Admin>>) -> (StatusCode, String) {
+    let Some(cluster) = admin.server.cluster.get() else {
+        return (StatusCode::CONFLICT, "this node is not in cluster mode\n".into());
+    };
+    let view = cluster.view();
+    let leaving = view.me.map_or(0, |me| view.map.migrations.values().filter(|m| m.from == me).count());
+    let member = view.me.is_some() as u8;
+    (StatusCode::OK, format!("member {member} slots_leaving {leaving} epoch {}\n", view.map.epoch))
 }
 
 async fn cluster_json(State(admin): State<Arc<Admin>>) -> Json<ClusterView> {

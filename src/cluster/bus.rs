@@ -2,7 +2,8 @@
 //! default). A frame is a 4-byte big-endian length and a JSON body; each connection carries one
 //! request at a time and its response. JSON because the control plane (Raft votes, log entries,
 //! joins) is small and rare, and openraft's messages are serde types whose shapes a
-//! non-self-describing format does not always round-trip.
+//! non-self-describing format does not always round-trip. Slot data (keys moving to a new
+//! primary) travels in binary frames instead: a first byte of 0, then bincode.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,9 +17,11 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+
+use crate::server::Server;
 
 use super::consensus::{Consensus, TypeConfig};
+use super::migration;
 use super::node_id::NodeId;
 use super::slotmap::NodeInfo;
 
@@ -37,8 +40,19 @@ pub enum BusRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A node asks to become a member (sent to any member; forwarded to the leader).
     Join(NodeInfo),
-    /// A member is to leave the grid (sent to any member; forwarded to the leader).
+    /// A member is to leave the grid gracefully (sent to any member; forwarded to the leader).
     Leave(NodeId),
+    /// A member is to be removed at once (it is gone for good).
+    Forget(NodeId),
+    /// A migration source has moved these slots (forwarded to the leader, which commits it).
+    SlotsMoved {
+        /// The old primary.
+        from: NodeId,
+        /// The new primary.
+        to: NodeId,
+        /// Slots handed over.
+        slots: Vec<u16>,
+    },
 }
 
 /// Answers to [`BusRequest`]s, variant for variant.
@@ -50,9 +64,11 @@ pub enum BusResponse {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     /// To [`BusRequest::InstallSnapshot`].
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    /// To [`BusRequest::Join`] and [`BusRequest::Leave`]: the slot map epoch the change
-    /// produced, or why it was refused.
+    /// To [`BusRequest::Join`], [`BusRequest::Leave`], [`BusRequest::Forget`] and
+    /// [`BusRequest::SlotsMoved`]: the slot map epoch the change produced, or why it was refused.
     Membership(Result<u64, String>),
+    /// To a binary import batch: keys stored, or why they were refused.
+    Imported(Result<usize, String>),
 }
 
 /// Why a bus call failed.
@@ -82,17 +98,32 @@ pub enum BusError {
 /// Writes one frame.
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> std::io::Result<()> {
     let body = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    write_body(stream, &body).await
+}
+
+/// Writes one frame holding `body`.
+async fn write_body(stream: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
     if body.len() > MAX_FRAME {
         return Err(std::io::Error::other("cluster bus frame too large"));
     }
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
+    frame.extend_from_slice(body);
     stream.write_all(&frame).await
 }
 
-/// Reads one frame; None at a clean end of stream between frames.
+/// Reads one JSON frame; None at a clean end of stream between frames.
 async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std::io::Result<Option<T>> {
+    match read_body(stream).await? {
+        Some(body) => serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame's body; None at a clean end of stream between frames.
+async fn read_body(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
         Ok(_) => {}
@@ -105,9 +136,7 @@ async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std
     }
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await?;
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    Ok(Some(body))
 }
 
 /// A connection to one peer's bus, opened on first use and again after any failure.
@@ -130,6 +159,25 @@ impl BusClient {
     /// Sends `request` and waits up to `timeout` for the answer. A failed or timed-out call
     /// drops the connection, so a late answer is never taken for the next call's.
     pub async fn call(&self, request: &BusRequest, timeout: Duration) -> Result<BusResponse, BusError> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| BusError::Protocol { peer: self.peer.clone(), reason: e.to_string() })?;
+        self.call_raw(&body, timeout).await
+    }
+
+    /// Sends a data batch (a binary frame, see [`migration::DataRequest`]) and waits for the
+    /// answer, as [`BusClient::call`] does.
+    pub async fn call_data(
+        &self,
+        request: &migration::DataRequest,
+        timeout: Duration,
+    ) -> Result<BusResponse, BusError> {
+        let mut body = vec![migration::BINARY_FRAME];
+        bincode::encode_into_std_write(request, &mut body, bincode::config::standard())
+            .map_err(|e| BusError::Protocol { peer: self.peer.clone(), reason: e.to_string() })?;
+        self.call_raw(&body, timeout).await
+    }
+
+    async fn call_raw(&self, body: &[u8], timeout: Duration) -> Result<BusResponse, BusError> {
         let mut slot = self.stream.lock().await;
         let peer = self.peer.clone();
         let exchange = async {
@@ -139,7 +187,7 @@ impl BusClient {
                 *slot = Some(stream);
             }
             let stream = slot.as_mut().expect("connected above");
-            write_frame(stream, request).await?;
+            write_body(stream, body).await?;
             read_frame::<BusResponse>(stream)
                 .await?
                 .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "peer closed the bus"))
@@ -163,19 +211,21 @@ pub async fn bind(bind: &str, port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind((bind, port)).await
 }
 
-/// Serves bus requests until `shutdown`, handing each to `consensus`.
-pub async fn serve(listener: TcpListener, consensus: Arc<Consensus>, shutdown: CancellationToken) {
+/// Serves bus requests until `shutdown`: control requests go to `consensus`, data batches
+/// (slot imports) to the keyspace of `server`.
+pub async fn serve(listener: TcpListener, consensus: Arc<Consensus>, server: Arc<Server>) {
+    let shutdown = server.shutdown.clone();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let consensus = consensus.clone();
+                    let (consensus, server) = (consensus.clone(), server.clone());
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
                         tokio::select! {
                             _ = shutdown.cancelled() => {}
-                            r = serve_peer(stream, peer, consensus) => if let Err(e) = r {
+                            r = serve_peer(stream, peer, consensus, server) => if let Err(e) = r {
                                 tracing::debug!(%peer, error = %e, "cluster bus connection ended");
                             }
                         }
@@ -194,10 +244,22 @@ async fn serve_peer(
     mut stream: TcpStream,
     _peer: SocketAddr,
     consensus: Arc<Consensus>,
+    server: Arc<Server>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    while let Some(request) = read_frame::<BusRequest>(&mut stream).await? {
-        let response = consensus.handle(request).await;
+    while let Some(body) = read_body(&mut stream).await? {
+        let response = if body.first() == Some(&migration::BINARY_FRAME) {
+            match migration::decode(&body[1..]) {
+                Ok(migration::DataRequest::Import { slot, entries }) => {
+                    BusResponse::Imported(migration::import(&server, slot, entries))
+                }
+                Err(e) => BusResponse::Imported(Err(format!("undecodable batch: {e}"))),
+            }
+        } else {
+            let request: BusRequest = serde_json::from_slice(&body)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            consensus.handle(request).await
+        };
         write_frame(&mut stream, &response).await?;
     }
     Ok(())
@@ -229,5 +291,25 @@ mod tests {
         let client = BusClient::new(addr.to_string());
         let r = client.call(&BusRequest::Leave(NodeId([1; 20])), Duration::from_secs(2)).await;
         assert!(matches!(r, Err(BusError::Io { .. })), "{r:?}");
+    }
+}
+
+#[cfg(test)]
+mod roundtrip {
+    use super::*;
+
+    #[test]
+    fn control_requests_round_trip_as_json() {
+        let info = crate::cluster::slotmap::test_node(1, "a");
+        for r in [
+            BusRequest::Join(info),
+            BusRequest::Leave(NodeId([2; 20])),
+            BusRequest::SlotsMoved { from: NodeId([1; 20]), to: NodeId([2; 20]), slots: vec![1, 2] },
+        ] {
+            let bytes = serde_json::to_vec(&r).unwrap();
+            let back: BusRequest = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)));
+            assert_eq!(format!("{back:?}"), format!("{r:?}"));
+        }
     }
 }

@@ -156,13 +156,13 @@ impl GridState {
             a.primary = a.primary.filter(is_member);
             a.replicas.retain(is_member);
         }
-        let active: Vec<Member> =
-            self.active().map(|n| Member { id: n.id, zone: n.zone.clone() }).collect();
+        let active: Vec<Member> = self.active().map(|n| Member { id: n.id, zone: n.zone.clone() }).collect();
         let target = place(&active, self.replicas, &previous);
         let mut next = Layout { assignment: Vec::with_capacity(target.len()), migrations: BTreeMap::new() };
         for (slot, t) in target.into_iter().enumerate() {
             let now = current.assignment[slot].primary.filter(is_member);
-            let under_way = current.migrations.get(&(slot as u16)).filter(|(f, to)| is_member(f) && is_active(to));
+            let under_way =
+                current.migrations.get(&(slot as u16)).filter(|(f, to)| is_member(f) && is_active(to));
             let (primary, migration) = match (now, under_way, t.primary) {
                 (Some(p), Some(&(_, to)), _) => (Some(p), Some((p, to))),
                 (Some(p), None, Some(t)) if p != t => (Some(p), Some((p, t))),
@@ -253,7 +253,11 @@ mod tests {
         settle(&mut g);
         assert_eq!(g.map.nodes.len(), 3);
         assert_eq!(g.map.assigned_slots(), SLOT_COUNT);
-        assert!(g.map.slots.iter().all(|o| o.replicas.len() == 1 && !o.replicas.contains(&o.primary.unwrap())));
+        assert!(g
+            .map
+            .slots
+            .iter()
+            .all(|o| o.replicas.len() == 1 && !o.replicas.contains(&o.primary.unwrap())));
     }
 
     #[test]

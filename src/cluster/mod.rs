@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod consensus;
 pub mod membership;
+pub mod migration;
 pub mod node_id;
 pub mod placement;
 pub mod router;
@@ -63,7 +64,9 @@ pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()>
     let _ = server.cluster.set(cluster.clone());
     let consensus = Consensus::start(&raft_dir, info, config.cluster_replicas, cluster).await?;
     let _ = server.consensus.set(consensus.clone());
-    tokio::spawn(bus::serve(listener, consensus.clone(), server.shutdown.clone()));
+    tokio::spawn(bus::serve(listener, consensus.clone(), server.clone()));
+    tokio::spawn(consensus.clone().reconcile(server.shutdown.clone()));
+    tokio::spawn(migration::run(server.clone()));
     let shutdown = server.shutdown.clone();
     tokio::spawn(async move { consensus.establish(&config.cluster_join, shutdown).await });
     tracing::info!(node_id = %me, zone = %config.zone, "cluster mode");

@@ -75,6 +75,43 @@ pub fn route<'k>(
     Route::Redirect(moved("MOVED", slot, map, primary))
 }
 
+/// The dispatcher's second look, with the command's keys locked: for a slot migrating away
+/// from this node, keys that left since [`check`] send the client on (ASK, or TRYAGAIN when
+/// only some left). Costs nothing while no slot migrates.
+pub fn recheck(
+    cluster: &Cluster,
+    db: &mut crate::store::keyspace::Db<'_>,
+    spec: &CommandSpec,
+    args: &[Bytes],
+) -> Option<Reply> {
+    if !matches!(spec.keys, Keys::Range { .. }) {
+        return None;
+    }
+    let view = cluster.view();
+    if view.map.migrations.is_empty() {
+        return None;
+    }
+    let mut keys = spec.keys.positions(args.len()).map(|i| &args[i][..]);
+    let slot = key_slot(keys.next()?);
+    let m = view.map.migrations.get(&slot).filter(|m| Some(m.from) == view.me)?;
+    let (mut present, mut missing, mut travelling) = (0, 0, 0);
+    for i in spec.keys.positions(args.len()) {
+        if db.exists(&args[i]) {
+            present += 1;
+        } else if cluster.is_in_flight(&args[i]) {
+            travelling += 1;
+        } else {
+            missing += 1;
+        }
+    }
+    match (present, missing) {
+        _ if travelling > 0 => Some(Reply::error(TRYAGAIN)),
+        (_, 0) => None,
+        (0, _) => Some(moved("ASK", slot, &view.map, m.to)),
+        _ => Some(Reply::error(TRYAGAIN)),
+    }
+}
+
 fn moved(kind: &str, slot: u16, map: &SlotMap, node: u16) -> Reply {
     Reply::error(format!("{kind} {slot} {}", map.node(node).endpoint()))
 }
@@ -126,6 +163,8 @@ pub fn check(
         Route::Migrating { slot, to } => {
             let (present, missing) = presence(server, client.now_ms, &keys);
             match (present, missing) {
+                // Keys on their way to the target are in neither place a client can read.
+                (_, m) if m > 0 && keys.iter().any(|k| cluster.is_in_flight(k)) => Reply::error(TRYAGAIN),
                 (_, 0) => return None,
                 (0, _) => moved("ASK", slot, map, to),
                 _ => Reply::error(TRYAGAIN),

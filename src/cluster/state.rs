@@ -16,6 +16,10 @@ pub struct Cluster {
     /// This node's identity.
     pub me: NodeId,
     view: RwLock<Arc<View>>,
+    /// Keys on their way to a slot's new primary, not yet acknowledged (see `migration`).
+    in_flight: parking_lot::Mutex<std::collections::HashSet<Box<[u8]>>>,
+    /// Whether `in_flight` may be non-empty: the routing check reads only this flag.
+    moving: std::sync::atomic::AtomicBool,
 }
 
 /// A slot map with this node's place in it, worked out once per map rather than per command.
@@ -51,7 +55,7 @@ impl Cluster {
         let assignment = place(&members, config.cluster_replicas, &[]);
         let map = SlotMap::from_assignment(0, vec![info], &assignment).expect("a one-node map is valid");
         let me_index = map.index_of(&me);
-        Cluster { me, view: RwLock::new(Arc::new(View { map, me: me_index })) }
+        Cluster::with_view(me, View { map, me: me_index })
     }
 
     /// A node about to join a grid: in the map alone, owning no slot, so every keyed command
@@ -61,7 +65,37 @@ impl Cluster {
         let assignment = vec![SlotAssignment::default(); crate::store::SLOT_COUNT];
         let map = SlotMap::from_assignment(0, vec![info], &assignment).expect("an empty map is valid");
         let me_index = map.index_of(&me);
-        Cluster { me, view: RwLock::new(Arc::new(View { map, me: me_index })) }
+        Cluster::with_view(me, View { map, me: me_index })
+    }
+
+    fn with_view(me: NodeId, view: View) -> Cluster {
+        Cluster {
+            me,
+            view: RwLock::new(Arc::new(view)),
+            in_flight: Default::default(),
+            moving: Default::default(),
+        }
+    }
+
+    /// Marks keys as travelling to another node (called with their shard locked).
+    pub fn hold_in_flight<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
+        let mut set = self.in_flight.lock();
+        set.extend(keys.map(Box::from));
+        self.moving.store(!set.is_empty(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Keys that arrived (or came back).
+    pub fn release_in_flight<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
+        let mut set = self.in_flight.lock();
+        for k in keys {
+            set.remove(k);
+        }
+        self.moving.store(!set.is_empty(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether `key` is travelling to another node right now.
+    pub fn is_in_flight(&self, key: &[u8]) -> bool {
+        self.moving.load(std::sync::atomic::Ordering::Acquire) && self.in_flight.lock().contains(key)
     }
 
     /// The map in force, with this node's index in it.

@@ -365,6 +365,13 @@ pub fn run(server: &Arc<Server>, client: &mut ClientState, spec: &CommandSpec, a
         Keys::All => ks.lock_all(now),
         k @ Keys::Range { .. } => ks.lock_keys(k.positions(args.len()).map(|i| &args[i]), now),
     };
+    if let Some(cluster) = server.cluster.get() {
+        // The router looked at key presence before these locks: a slot's mover may have taken
+        // the keys since. Checked again here, where the mover cannot interleave.
+        if let Some(redirect) = crate::cluster::router::recheck(cluster, &mut db, spec, args) {
+            return redirect;
+        }
+    }
     if !server.tracking.is_active() && !client.tracking.caching_given {
         let mut ctx = Ctx { db: &mut db, client, server };
         return (spec.handler)(&mut ctx, args);

@@ -280,7 +280,13 @@ impl Keyspace {
     /// Locks the shard holding `slot`: what moving a slot's keys to another node needs.
     pub fn lock_slot(&self, slot: u16, now: u64) -> Db<'_> {
         let i = self.shard_of_slot(slot as usize);
-        Db { ks: self, locked: smallvec::smallvec![(i, self.shards[i].lock())], all: false, now, memo: Memo::default() }
+        Db {
+            ks: self,
+            locked: smallvec::smallvec![(i, self.shards[i].lock())],
+            all: false,
+            now,
+            memo: Memo::default(),
+        }
     }
 
     /// Locks every shard, for keyspace-wide commands (KEYS, SCAN, FLUSHALL, ...).

@@ -100,9 +100,9 @@ impl Consensus {
             cluster_name: "cachegrid".into(),
             // Generous for a loaded two-core machine: a missed heartbeat must not depose a
             // healthy leader.
-            heartbeat_interval: 150,
-            election_timeout_min: 750,
-            election_timeout_max: 1500,
+            heartbeat_interval: 250,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(100),
             max_in_snapshot_log_to_keep: 100,
             ..Default::default()
@@ -225,26 +225,69 @@ impl Consensus {
         Ok(r.data.epoch)
     }
 
-    /// Removes member `id` from the grid and from Raft; its slots move to the others.
-    pub async fn leave(&self, id: NodeId) -> Result<u64, String> {
+    /// Takes member `id` out of the grid: gracefully (`force` false: its slots migrate to
+    /// the others, then it drops out) or at once (it is gone for good). It leaves Raft once it
+    /// has left the grid (see [`Consensus::reconcile`]).
+    pub async fn leave(&self, id: NodeId, force: bool) -> Result<u64, String> {
         if self.known_leader().await != Some(self.me.id) {
-            return self.forward(BusRequest::Leave(id)).await;
+            let request = if force { BusRequest::Forget(id) } else { BusRequest::Leave(id) };
+            return self.forward(request).await;
         }
-        let _turn = self.changes.lock().await;
         let grid = self.grid().ok_or("the grid is not bootstrapped")?;
         if !grid.members.contains_key(&id) {
             return Err(format!("{id} is not a member"));
         }
-        if grid.members.len() == 1 {
+        if grid.active().filter(|n| n.id != id).count() == 0 {
             return Err("the last member cannot leave".into());
         }
-        let r = self.raft.client_write(GridCommand::Leave(id)).await.map_err(|e| e.to_string())?;
-        let ids = BTreeSet::from([id]);
-        self.raft
-            .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
-            .await
-            .map_err(|e| e.to_string())?;
+        let command = if force { GridCommand::Forget(id) } else { GridCommand::Leave(id) };
+        let r = self.raft.client_write(command).await.map_err(|e| e.to_string())?;
         Ok(r.data.epoch)
+    }
+
+    /// Commits that `from` has moved `slots` to `to` (forwarded to the leader).
+    pub async fn slots_moved(&self, from: NodeId, to: NodeId, slots: Vec<u16>) -> Result<u64, String> {
+        if self.known_leader().await != Some(self.me.id) {
+            return self.forward(BusRequest::SlotsMoved { from, to, slots }).await;
+        }
+        let command = GridCommand::SlotsMoved { from, to, slots };
+        let r = self.raft.client_write(command).await.map_err(|e| e.to_string())?;
+        Ok(r.data.epoch)
+    }
+
+    /// On the leader, every second: Raft voters and learners that are no longer grid members
+    /// (they left, or were forgotten) are removed from Raft too.
+    pub async fn reconcile(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if self.leader() != Some(self.me.id) {
+                continue;
+            }
+            // The grid is read under the lock: a join that held it is fully applied by then.
+            let _turn = self.changes.lock().await;
+            let Some(grid) = self.grid() else { continue };
+            let metrics = self.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            let gone: BTreeSet<NodeId> =
+                membership.nodes().map(|(id, _)| *id).filter(|id| !grid.members.contains_key(id)).collect();
+            if gone.is_empty() {
+                continue;
+            }
+            let voters: BTreeSet<NodeId> = membership.voter_ids().filter(|v| gone.contains(v)).collect();
+            if !voters.is_empty() {
+                if let Err(e) = self.raft.change_membership(ChangeMembers::RemoveVoters(voters), false).await
+                {
+                    tracing::debug!(error = %e, "cannot remove departed voters yet");
+                    continue;
+                }
+            }
+            if let Err(e) = self.raft.change_membership(ChangeMembers::RemoveNodes(gone), false).await {
+                tracing::debug!(error = %e, "cannot remove departed learners yet");
+            }
+        }
     }
 
     /// Waits (a few seconds at most) until a leader is known: right after a start or an
@@ -280,7 +323,11 @@ impl Consensus {
                 BusResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await)
             }
             BusRequest::Join(info) => BusResponse::Membership(self.join(info).await),
-            BusRequest::Leave(id) => BusResponse::Membership(self.leave(id).await),
+            BusRequest::Leave(id) => BusResponse::Membership(self.leave(id, false).await),
+            BusRequest::Forget(id) => BusResponse::Membership(self.leave(id, true).await),
+            BusRequest::SlotsMoved { from, to, slots } => {
+                BusResponse::Membership(self.slots_moved(from, to, slots).await)
+            }
         }
     }
 }

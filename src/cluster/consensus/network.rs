@@ -1,10 +1,10 @@
 //! openraft's network over the cluster bus: one [`BusClient`] per peer, and openraft's error
-//! kinds from bus failures (a peer we cannot reach is `Unreachable`, so openraft backs off).
+//! kinds from bus failures.
 
 // openraft fixes these error types; their size is not ours to choose.
 #![allow(clippy::result_large_err)]
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -13,7 +13,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 
 use super::TypeConfig;
-use crate::cluster::bus::{BusClient, BusError, BusRequest, BusResponse};
+use crate::cluster::bus::{BusClient, BusRequest, BusResponse};
 use crate::cluster::node_id::NodeId;
 
 /// Makes a [`PeerLink`] per peer openraft talks to.
@@ -42,10 +42,13 @@ impl PeerLink {
         request: BusRequest,
         option: &RPCOption,
     ) -> Result<BusResponse, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
-        self.client.call(&request, option.hard_ttl()).await.map_err(|e| match e {
-            BusError::Protocol { .. } => RPCError::Network(NetworkError::new(&e)),
-            _ => RPCError::Unreachable(Unreachable::new(&e)),
-        })
+        // Every failure is a plain network error, retried at the next heartbeat. openraft 0.9's
+        // `Unreachable` backoff can leave a stream idle for good once the peer is back (seen
+        // here: a learner never caught up; openraft issue #833 describes the same stall).
+        self.client
+            .call(&request, option.hard_ttl())
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 
     fn remote<T, E: std::error::Error>(&self, r: Result<T, RaftError<NodeId, E>>) -> RpcResult<T, E> {

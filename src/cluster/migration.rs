@@ -1,0 +1,210 @@
+//! Moving slots: when the agreed map says a slot migrates from this node to another, this
+//! node's mover sends the slot's keys there in batches and then reports the slot moved, so
+//! the grid hands it over (`GridCommand::SlotsMoved`). A batch leaves the keyspace under the
+//! slot's shard lock and is held in an in-flight set until the target acknowledges it; a
+//! command on an in-flight key is answered TRYAGAIN, on a key already moved ASK (the dispatcher
+//! checks under the key's lock), so a key is always in exactly one place a client can reach
+//! and no write lands behind a moved key. A batch the target did not take goes back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bincode::{Decode, Encode};
+
+use super::bus::{BusClient, BusResponse, MAX_FRAME};
+use super::node_id::NodeId;
+use super::state::Cluster;
+use crate::persistence::record::{decode_value, encode_value, Kind};
+use crate::server::Server;
+use crate::store::clock::now_ms;
+use crate::store::key_slot;
+
+/// Keys per batch: a round trip's worth, small enough to keep TRYAGAIN windows short.
+const BATCH_KEYS: usize = 256;
+/// Slots reported moved per consensus entry.
+const SLOTS_PER_HANDOVER: usize = 1024;
+/// Deadline of one batch's round trip.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One key on its way to its slot's new primary.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct MovedEntry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its Redis type.
+    pub kind: Kind,
+    /// The value, as write-behind encodes it.
+    pub value: Vec<u8>,
+    /// Absolute expiry in unix ms; 0 for none.
+    pub expire_at: u64,
+}
+
+/// The binary requests of the bus (data, not control: bincode, not JSON).
+#[derive(Debug, Encode, Decode)]
+pub enum DataRequest {
+    /// Store these keys of `slot`, which is migrating to the receiver.
+    Import {
+        /// The slot.
+        slot: u16,
+        /// Its keys.
+        entries: Vec<MovedEntry>,
+    },
+}
+
+/// The first byte of a binary bus frame (a JSON frame starts with `{` or `"`).
+pub const BINARY_FRAME: u8 = 0;
+
+/// Decodes a binary frame's body (after [`BINARY_FRAME`]).
+pub fn decode(body: &[u8]) -> Result<DataRequest, String> {
+    let config = bincode::config::standard().with_limit::<MAX_FRAME>();
+    bincode::decode_from_slice(body, config).map(|(r, _)| r).map_err(|e| e.to_string())
+}
+
+/// Stores imported keys (on the slot's new primary). Accepted only for a slot migrating here
+/// or already handed over here (a batch retried after the handover).
+pub fn import(server: &Server, slot: u16, entries: Vec<MovedEntry>) -> Result<usize, String> {
+    let cluster = server.cluster.get().ok_or("not in cluster mode")?;
+    let view = cluster.view();
+    let me = view.me.ok_or("not a member of the map")?;
+    let expected = view.map.migrations.get(&slot).is_some_and(|m| m.to == me)
+        || view.map.slots.get(slot as usize).is_some_and(|o| o.primary == Some(me));
+    if !expected {
+        return Err(format!("slot {slot} is not migrating to this node (epoch {})", view.map.epoch));
+    }
+    let limits = server.keyspace.settings.hash_limits();
+    let mut db = server.keyspace.lock_slot(slot, now_ms());
+    let mut stored = 0;
+    // The keys are in Postgres already (or queued at the source): no write-behind here.
+    crate::persistence::loading(|| {
+        for e in entries {
+            if key_slot(&e.key) != slot {
+                continue;
+            }
+            if let Some(value) = decode_value(e.kind, &e.value, limits) {
+                db.set(&e.key, value, e.expire_at);
+                stored += 1;
+            }
+        }
+    });
+    Ok(stored)
+}
+
+/// Runs this node's mover until shutdown: every migration from here is carried out.
+pub async fn run(server: Arc<Server>) {
+    let Some(cluster) = server.cluster.get().cloned() else { return };
+    let mut last_report = Instant::now();
+    loop {
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let view = cluster.view();
+        let Some(me) = view.me else { continue };
+        // Slots leaving this node, by target.
+        let mut by_target: BTreeMap<u16, Vec<u16>> = BTreeMap::new();
+        for (&slot, m) in &view.map.migrations {
+            if m.from == me {
+                by_target.entry(m.to).or_default().push(slot);
+            }
+        }
+        if by_target.is_empty() {
+            continue;
+        }
+        if last_report.elapsed() > Duration::from_secs(2) {
+            let left: usize = by_target.values().map(Vec::len).sum();
+            tracing::info!(slots_left = left, targets = by_target.len(), "moving slots");
+            last_report = Instant::now();
+        }
+        for (to, slots) in by_target {
+            let target = view.map.node(to);
+            let client = BusClient::new(super::consensus::bus_address(target));
+            for chunk in slots.chunks(SLOTS_PER_HANDOVER) {
+                if let Err(e) = move_slots(&server, &cluster, &client, chunk).await {
+                    tracing::warn!(target = %client.peer(), error = %e, "moving slots failed; will retry");
+                    break;
+                }
+                if let Err(e) = hand_over(&server, cluster.me, target.id, chunk.to_vec()).await {
+                    tracing::warn!(error = %e, "slot handover not committed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Moves every key of `slots` to the node behind `client`.
+async fn move_slots(
+    server: &Server,
+    cluster: &Cluster,
+    client: &BusClient,
+    slots: &[u16],
+) -> Result<usize, String> {
+    let mut moved = 0;
+    for &slot in slots {
+        loop {
+            let entries = take_batch(server, cluster, slot);
+            if entries.is_empty() {
+                break;
+            }
+            let request = DataRequest::Import { slot, entries };
+            let answer = client.call_data(&request, BATCH_TIMEOUT).await;
+            let DataRequest::Import { entries, .. } = request;
+            match answer {
+                Ok(BusResponse::Imported(Ok(_))) => {
+                    moved += entries.len();
+                    cluster.release_in_flight(entries.iter().map(|e| &e.key[..]));
+                }
+                other => {
+                    put_back(server, cluster, slot, entries);
+                    return Err(match other {
+                        Ok(BusResponse::Imported(Err(e))) => e,
+                        Ok(r) => format!("unexpected answer {r:?}"),
+                        Err(e) => e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(moved)
+}
+
+/// Takes up to [`BATCH_KEYS`] live keys of `slot` out of the keyspace into the in-flight set.
+fn take_batch(server: &Server, cluster: &Cluster, slot: u16) -> Vec<MovedEntry> {
+    let mut db = server.keyspace.lock_slot(slot, now_ms());
+    let keys = db.keys_in_slot(slot as usize, BATCH_KEYS);
+    let mut entries = Vec::with_capacity(keys.len());
+    for key in &keys {
+        // A key past its TTL is removed as expired (write-behind deletes its row).
+        let Some(e) = db.peek(key) else { continue };
+        let (kind, value) = encode_value(&e.value);
+        entries.push(MovedEntry { key: key.to_vec(), kind, value, expire_at: e.expire_at().unwrap_or(0) });
+    }
+    // Marked in flight before the keys leave, both under the shard lock.
+    cluster.hold_in_flight(entries.iter().map(|e| &e.key[..]));
+    for e in &entries {
+        db.remove_migrated(&e.key);
+    }
+    entries
+}
+
+/// Restores a batch the target did not take (nobody could write these keys meanwhile:
+/// in-flight keys are answered TRYAGAIN).
+fn put_back(server: &Server, cluster: &Cluster, slot: u16, entries: Vec<MovedEntry>) {
+    let limits = server.keyspace.settings.hash_limits();
+    let mut db = server.keyspace.lock_slot(slot, now_ms());
+    crate::persistence::loading(|| {
+        for e in &entries {
+            if let Some(value) = decode_value(e.kind, &e.value, limits) {
+                db.set(&e.key, value, e.expire_at);
+            }
+        }
+    });
+    cluster.release_in_flight(entries.iter().map(|e| &e.key[..]));
+}
+
+/// Commits "these slots are at `to` now" through the consensus leader.
+async fn hand_over(server: &Server, from: NodeId, to: NodeId, slots: Vec<u16>) -> Result<u64, String> {
+    let consensus = server.consensus.get().ok_or("no consensus")?;
+    consensus.slots_moved(from, to, slots).await
+}
