@@ -123,7 +123,7 @@ impl DurableQueue {
     /// version order. Called under a shard lock: no I/O. Returns the version.
     pub fn push(&self, versions: &AtomicU64, key: &[u8], slot: u16, op: Op) -> u64 {
         let mut p = self.pending.lock();
-        let version = versions.fetch_add(1, Ordering::Relaxed) + 1;
+        let version = next_version(versions, crate::store::clock::now_us());
         let record = Record { version, key: key.to_vec(), slot, op };
         let before = p.bytes.len();
         frame(&record, &mut p.bytes);
@@ -306,5 +306,30 @@ mod tests {
         drop(q);
         let (_, old) = DurableQueue::open(dir.path(), FsyncPolicy::No).unwrap();
         assert_eq!(old.iter().map(|r| r.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+}
+
+/// The next write version: above every earlier one and at least the wall clock in
+/// microseconds (a hybrid logical clock). Versions of different nodes are then comparable: a
+/// key whose slot moved to another node keeps getting higher versions there, so its rows are
+/// not refused as stale by the upsert's version check.
+pub fn next_version(versions: &AtomicU64, now_us: u64) -> u64 {
+    let prev = versions
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some((v + 1).max(now_us)))
+        .expect("the closure always returns Some");
+    (prev + 1).max(now_us)
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn versions_rise_and_follow_the_clock() {
+        let v = AtomicU64::new(100);
+        assert_eq!(next_version(&v, 50), 101, "never below an earlier version");
+        assert_eq!(next_version(&v, 50), 102);
+        assert_eq!(next_version(&v, 5_000), 5_000, "catches up with the clock");
+        assert_eq!(v.load(Ordering::Relaxed), 5_000);
     }
 }
