@@ -144,7 +144,7 @@ fn app_on(url: &str, config: CacheConfig, calls: Arc<Calls>) -> Router {
     let mut gc = GridConfig::single(url);
     gc.connect_timeout = Duration::from_millis(500);
     gc.response_timeout = Duration::from_millis(500);
-    upstream(calls).layer(CacheLayer::new(Grid::remote(gc).unwrap(), config))
+    upstream(calls).layer(CacheLayer::new(Grid::remote(gc).unwrap(), config).unwrap())
 }
 
 fn config() -> CacheConfig {
@@ -383,7 +383,7 @@ async fn requests_pass_through_while_the_grid_is_down() {
 async fn an_embedded_node_serves_as_the_grid() {
     let grid = cachegrid_middleware::grid::EmbeddedGrid::start_default().await.unwrap();
     let calls = Arc::new(Calls::default());
-    let app = upstream(calls.clone()).layer(CacheLayer::new(grid.clone(), config()));
+    let app = upstream(calls.clone()).layer(CacheLayer::new(grid.clone(), config()).unwrap());
     assert_eq!(get_(&app, "/plain").await.x_cache(), "MISS");
     let hit = get_(&app, "/plain").await;
     assert_eq!((hit.x_cache(), hit.body.as_str()), ("HIT", "hello"));
