@@ -42,6 +42,8 @@ pub(crate) struct Meta {
 }
 
 /// A grid value decoded, ready to answer from (what L1 keeps).
+// Always behind an Arc: boxing the large variant would only add a second allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Found {
     Response(Cached),
     Vary { names: Vec<String>, expires_ms: u64 },

@@ -605,6 +605,7 @@ impl Shared {
         if let Some(lease) = lease {
             cmds.push(lease.release_cmd());
         }
+        let written = [primary.to_owned(), entry_key.clone()];
         let tags = key::tags(&res.headers);
         let tag_cmds =
             tags.iter().map(|t| index_cmds(&key::tag(&self.config.prefix, t), &entry_key, expires_ms, px));
@@ -623,6 +624,8 @@ impl Shared {
                 self.failed(&e);
             }
         }
+        // Other instances' L1s hear of the write from the grid; this one's, here.
+        self.forget(&written);
         self.answer_fresh(req, res, bytes)
     }
 

@@ -76,8 +76,9 @@ impl Shared {
         }
     }
 
-    /// Drops `keys` from this instance's L1 now, not when the grid's invalidation arrives.
-    fn forget(&self, keys: &[String]) {
+    /// Drops `keys` from this instance's L1: the grid sends no invalidation for a write
+    /// through this client (tracking with NOLOOP), and the writer should see its write at once.
+    pub(super) fn forget(&self, keys: &[String]) {
         if let Some(l1) = &self.l1 {
             for k in keys {
                 l1.invalidate(k.as_bytes());

@@ -111,7 +111,7 @@ impl RemoteGrid {
                 return Err(GridError::Unavailable("reconnect backoff".into()));
             }
         }
-        match self.connect().await {
+        match self.connect(st.generation > 0).await {
             Ok((c, tracked)) => {
                 st.conn = Some(c.clone());
                 st.tracked = tracked;
@@ -146,8 +146,9 @@ impl RemoteGrid {
         }
     }
 
-    /// A new connection, and whether it tracks.
-    async fn connect(&self) -> Result<(Conn, bool), GridError> {
+    /// A new connection, and whether it tracks. `again`: one was made before, so near-cache
+    /// entries read over it may have missed their invalidations.
+    async fn connect(&self, again: bool) -> Result<(Conn, bool), GridError> {
         let cfg = &self.config;
         let tracking = self.tracking();
         match cfg.topology {
@@ -175,10 +176,17 @@ impl RemoteGrid {
                 .map_err(classify)?;
                 if tracking {
                     // Anything cached before this connection may have missed its invalidation.
-                    self.listeners.clear();
+                    // (Not on the first: nothing is cached yet, and reads already under way
+                    // would lose their fill for nothing.)
+                    if again {
+                        self.listeners.clear();
+                    }
+                    // NOLOOP: writes through this client are dropped from its near caches by
+                    // the writer itself (`forget`), at once rather than when a push arrives.
                     redis::cmd("CLIENT")
                         .arg("TRACKING")
                         .arg("ON")
+                        .arg("NOLOOP")
                         .query_async::<()>(&mut conn)
                         .await
                         .map_err(classify)?;
