@@ -8,22 +8,24 @@
 #   (d) our CacheLayer, L2 hits: no L1, every hit one GET to the node over TCP
 #   (e) our CacheLayer, L2 hits with the node embedded in the app (no L1)
 # Hit cases request one URL (all hits after the first). Cases are interleaved and repeated;
-# medians and ratios against (b). Then upstream calls per 1,000 requests with two instances:
-# two peers (one moka each) vs two of ours sharing one node, max-age=1, random keys out of
-# --keys, one wrk per instance at the same time.
+# medians and ratios against (b). Then upstream calls with two instances: two peers (one
+# moka each) vs two of ours sharing one node (L1 on), random keys out of --keys, one wrk per
+# instance at the same time: "cold" (max-age=60, --calls-requests per instance: calls per
+# 1,000 requests) and "expiring" (max-age=1 for --calls-duration: calls per second).
 #
 # Usage: scripts/bench-cache.sh [--duration SECS] [--reps N] [--conns N] [--keys N]
-#                               [--calls-duration SECS] [--node-threads N] [--out FILE]
+#            [--calls-requests N] [--calls-duration SECS] [--node-threads N] [--out FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=8; REPS=3; CONNS=32; KEYS=200; CALLS_DURATION=10; NODE_THREADS=1; OUT=""
+DURATION=8; REPS=3; CONNS=32; KEYS=200; CALLS_REQUESTS=10000; CALLS_DURATION=10; NODE_THREADS=1; OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift ;;
     --reps) REPS="$2"; shift ;;
     --conns) CONNS="$2"; shift ;;
     --keys) KEYS="$2"; shift ;;
+    --calls-requests) CALLS_REQUESTS="$2"; shift ;;
     --calls-duration) CALLS_DURATION="$2"; shift ;;
     --node-threads) NODE_THREADS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
@@ -50,13 +52,12 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
-start_node() { # prints the port
-  local port; port=$(free_port)
-  target/release/cachegrid node --port "$port" --bind 127.0.0.1 --threads "$NODE_THREADS" --log-level warn >/dev/null 2>&1 & PIDS+=($!)
-  wait_port "$port"
-  echo "$port"
+start_node() { # sets NODE_PORT (not in a subshell: its pid must reach PIDS)
+  NODE_PORT=$(free_port)
+  target/release/cachegrid node --port "$NODE_PORT" --bind 127.0.0.1 --threads "$NODE_THREADS" --log-level warn >/dev/null 2>&1 & PIDS+=($!)
+  wait_port "$NODE_PORT"
 }
-NODE_PORT=$(start_node)
+start_node
 API=target/release/examples/cached_api
 PEER=benches/cache-peer/target/release/cache-peer
 
@@ -94,33 +95,53 @@ done
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # Upstream calls with two instances each: two peers; two of ours sharing a fresh node.
-cleanup; PIDS=()
-NODE_PORT=$(start_node)
-P=$(free_port); start_app p1 "$P" $PEER "127.0.0.1:$P" 1
-P=$(free_port); start_app p2 "$P" $PEER "127.0.0.1:$P" 1
-P=$(free_port); start_app o1 "$P" $API --listen "127.0.0.1:$P" --grid "redis://127.0.0.1:$NODE_PORT" --max-age 1
-P=$(free_port); start_app o2 "$P" $API --listen "127.0.0.1:$P" --grid "redis://127.0.0.1:$NODE_PORT" --max-age 1
-LUA=$(mktemp --suffix .lua)
-cat > "$LUA" <<LUAEOF
-request = function() return wrk.format("GET", "/products/" .. math.random(1, $KEYS)) end
-LUAEOF
+# Scenario "cold": max-age=60, a fixed number of requests per instance (every call is a
+# first miss of a key on an instance, or a concurrent one). Scenario "expiring": max-age=1
+# for a fixed time (calls are refreshes as keys go stale). Random keys, one seed per wrk.
 CALLS=$(mktemp)
-for pair in "peer p1 p2" "ours o1 o2"; do
-  set -- $pair
-  echo "==> upstream calls, two instances: $1" >&2
-  wrk -t1 -c$((CONNS / 2)) -d"${CALLS_DURATION}s" -s "$LUA" "${BASE[$2]}" > /tmp/bench-cache-w1.txt &
-  w1=$!
-  wrk -t1 -c$((CONNS / 2)) -d"${CALLS_DURATION}s" -s "$LUA" "${BASE[$3]}" > /tmp/bench-cache-w2.txt
-  wait $w1
-  reqs=$(awk '/requests in/{s+=$1} END{print s}' /tmp/bench-cache-w1.txt /tmp/bench-cache-w2.txt)
-  calls=$(( $(curl -s "${BASE[$2]}/stats") + $(curl -s "${BASE[$3]}/stats") ))
-  echo "$1 $reqs $calls" >> "$CALLS"
+LUA=()
+for seed in 1 2; do
+  f=$(mktemp --suffix .lua)
+  cat > "$f" <<LUAEOF
+math.randomseed($seed)
+local done_ = 0
+request = function() return wrk.format("GET", "/products/" .. math.random(1, $KEYS)) end
+response = function()
+  done_ = done_ + 1
+  if limit > 0 and done_ >= limit then wrk.thread:stop() end
+end
+LUAEOF
+  LUA+=("$f")
 done
+calls_run() { # scenario max_age per_instance_limit(0: none) duration
+  local scenario=$1 max_age=$2 limit=$3 dur=$4
+  cleanup; PIDS=()
+  start_node
+  P=$(free_port); start_app p1 "$P" $PEER "127.0.0.1:$P" "$max_age"
+  P=$(free_port); start_app p2 "$P" $PEER "127.0.0.1:$P" "$max_age"
+  P=$(free_port); start_app o1 "$P" $API --listen "127.0.0.1:$P" --grid "redis://127.0.0.1:$NODE_PORT" --max-age "$max_age"
+  P=$(free_port); start_app o2 "$P" $API --listen "127.0.0.1:$P" --grid "redis://127.0.0.1:$NODE_PORT" --max-age "$max_age"
+  for who in peer ours; do
+    local i1=p1 i2=p2; [ "$who" = ours ] && { i1=o1; i2=o2; }
+    echo "==> upstream calls ($scenario), two instances: $who" >&2
+    for n in 1 2; do sed -i "1s/^.*$/math.randomseed($n); limit = $limit/" "${LUA[$((n - 1))]}"; done
+    wrk -t1 -c$((CONNS / 2)) -d"${dur}s" -s "${LUA[0]}" "${BASE[$i1]}" > /tmp/bench-cache-w1.txt &
+    local w1=$!
+    wrk -t1 -c$((CONNS / 2)) -d"${dur}s" -s "${LUA[1]}" "${BASE[$i2]}" > /tmp/bench-cache-w2.txt
+    wait $w1
+    local reqs calls
+    reqs=$(awk '/requests in/{s+=$1} END{print s}' /tmp/bench-cache-w1.txt /tmp/bench-cache-w2.txt)
+    calls=$(( $(curl -s "${BASE[$i1]}/stats") + $(curl -s "${BASE[$i2]}/stats") ))
+    echo "$scenario $who $reqs $calls $dur" >> "$CALLS"
+  done
+}
+calls_run cold 60 "$CALLS_REQUESTS" 5
+calls_run expiring 1 0 "$CALLS_DURATION"
 
-python3 - "$RESULTS" "$CALLS" "$CONNS" "$DURATION" "$REPS" "$NODE_THREADS" "$LOAD" "$KEYS" "$CALLS_DURATION" \
+python3 - "$RESULTS" "$CALLS" "$CONNS" "$DURATION" "$REPS" "$NODE_THREADS" "$LOAD" "$KEYS" "$CALLS_REQUESTS" \
   "${NAME[a]}" "${NAME[b]}" "${NAME[c]}" "${NAME[d]}" "${NAME[e]}" > /tmp/bench-cache-table.md <<'PY'
 import sys, statistics
-path, calls_path, conns, dur, reps, threads, load, keys, cdur = sys.argv[1:10]
+path, calls_path, conns, dur, reps, threads, load, keys, creqs = sys.argv[1:10]
 names = dict(zip("abcde", sys.argv[10:15]))
 def ms(s):
     for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
@@ -141,19 +162,23 @@ for i in "abcde":
     rps, p99, errs = med[i]
     print(f"| ({i}) {names[i]} | {rps:,.0f} | {p99:.2f} | {rps / b_rps:.2f}x | {p99 / b_p99:.2f}x | {errs} |")
 print()
-print(f"Upstream calls, two instances, {keys} keys at random, max-age=1, {cdur}s (one wrk per instance):")
+print(f"Upstream calls, two instances, {keys} keys at random, one wrk -t1 -c{int(conns) // 2} per instance:")
 print()
-print("| instances | requests | upstream calls | per 1,000 requests |")
-print("|---|---:|---:|---:|")
+print("| scenario | instances | requests | upstream calls | per 1,000 requests | per second |")
+print("|---|---|---:|---:|---:|---:|")
 per = {}
 for line in open(calls_path):
-    who, reqs, calls = line.split()
-    per[who] = int(calls) * 1000 / int(reqs)
-    label = "two http-cache-tower (one moka each)" if who == "peer" else "two CacheLayer sharing one node (L1 on)"
-    print(f"| {label} | {int(reqs):,} | {int(calls):,} | {per[who]:.2f} |")
+    scenario, who, reqs, calls, secs = line.split()
+    reqs, calls = int(reqs), int(calls)
+    per[(scenario, who)] = (calls * 1000 / reqs, calls / int(secs))
+    label = "two http-cache-tower (one moka each)" if who == "peer" else "two CacheLayer, one node (L1 on)"
+    desc = f"cold: max-age=60, {int(creqs):,} req/instance" if scenario == "cold" else f"expiring: max-age=1, {secs}s"
+    print(f"| {desc} | {label} | {reqs:,} | {calls:,} | {per[(scenario, who)][0]:.2f} | {per[(scenario, who)][1]:.0f} |")
 print()
-print(f"Ours / peer upstream calls per 1,000 requests: {per['ours'] / per['peer']:.2f}x")
+c = per[("cold", "ours")][0] / per[("cold", "peer")][0]
+e = per[("expiring", "ours")][1] / per[("expiring", "peer")][1]
+print(f"Ours / peer: cold, calls per 1,000 requests {c:.2f}x; expiring, calls per second {e:.2f}x")
 PY
 cat /tmp/bench-cache-table.md
 [ -n "$OUT" ] && cp /tmp/bench-cache-table.md "$OUT"
-rm -f "$RESULTS" "$CALLS" "$LUA"
+rm -f "$RESULTS" "$CALLS" "${LUA[@]}"

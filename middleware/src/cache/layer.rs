@@ -150,6 +150,15 @@ enum Level {
     L2,
 }
 
+/// Where a lookup may look.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// L1, then the grid.
+    Any,
+    /// The grid only: after taking a lease, the grid has the latest word.
+    Grid,
+}
+
 /// Where a response came from, for `X-Cache` (and `X-Cache-Level`).
 #[derive(Clone, Copy)]
 enum Source {
@@ -324,7 +333,12 @@ impl Shared {
 
     /// What the cache holds for this request; `Err` when the grid is unusable.
     async fn lookup(&self, primary: &str, req: &http::request::Parts) -> Result<Lookup, ()> {
-        let Some((mut found, mut level)) = self.get(primary).await? else {
+        self.lookup_in(primary, req, Via::Any).await
+    }
+
+    /// [`Shared::lookup`] from L1 or the grid itself.
+    async fn lookup_in(&self, primary: &str, req: &http::request::Parts, via: Via) -> Result<Lookup, ()> {
+        let Some((mut found, mut level)) = self.get(primary, via).await? else {
             return Ok(Lookup::Miss { key: primary.to_owned() });
         };
         let mut key = primary.to_owned();
@@ -332,7 +346,7 @@ impl Shared {
             let Some(variant) = key::variant(primary, names, &req.headers, self.config.max_key) else {
                 return Ok(Lookup::Miss { key });
             };
-            match self.get(&variant).await? {
+            match self.get(&variant, via).await? {
                 Some((f, l)) => (found, level) = (f, l),
                 None => return Ok(Lookup::Miss { key: variant }),
             }
@@ -348,12 +362,12 @@ impl Shared {
         })
     }
 
-    /// One grid value, from L1 when it has it; `Err` when the grid is unusable.
-    async fn get(&self, key: &str) -> Result<Option<(Arc<Found>, Level)>, ()> {
+    /// One grid value, from L1 when it has it (and `via` allows); `Err` when the grid is unusable.
+    async fn get(&self, key: &str, via: Via) -> Result<Option<(Arc<Found>, Level)>, ()> {
         let mut epoch = 0;
         if let Some(l1) = &self.l1 {
             epoch = l1.epoch();
-            if let Some(hit) = l1.get(key) {
+            if let Some(hit) = l1.get(key).filter(|_| via == Via::Any) {
                 if !l1.confirm_hits {
                     return Ok(Some((hit, Level::L1)));
                 }
@@ -400,8 +414,9 @@ impl Shared {
         loop {
             match self.try_lease(key, ttl).await {
                 Some(Some(lease)) => {
-                    // A fill may have completed between the miss and the lease.
-                    return match self.lookup(primary, req).await {
+                    // A fill may have completed between the miss and the lease (asked of the
+                    // grid: L1 may not have heard of it yet).
+                    return match self.lookup_in(primary, req, Via::Grid).await {
                         Ok(Lookup::Fresh(hit, head)) => {
                             Leased::Answered(self.answer(req, &hit, head, Source::Hit(hit.level)))
                         }
@@ -416,7 +431,7 @@ impl Shared {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(20));
-            match self.lookup(primary, req).await {
+            match self.lookup_in(primary, req, Via::Grid).await {
                 Ok(Lookup::Fresh(hit, head)) => {
                     return Leased::Answered(self.answer(req, &hit, head, Source::Hit(hit.level)))
                 }
@@ -479,7 +494,8 @@ impl Shared {
                 None => None,
             };
             let (parts, body) = req.into_parts();
-            if let Ok(Lookup::Fresh(..)) = self.lookup(&primary, &parts).await {
+            // Refreshed meanwhile (by another instance: L1 may not have heard of it yet)?
+            if let Ok(Lookup::Fresh(..)) = self.lookup_in(&primary, &parts, Via::Grid).await {
                 return;
             }
             let head = head_of(&parts);

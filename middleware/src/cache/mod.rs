@@ -66,13 +66,15 @@ pub struct CacheConfig {
     /// it answers with that copy (the upstream call is then dropped).
     pub upstream_timeout: Duration,
     /// How long a request waits for another request of this process filling the same key
-    /// before it calls the upstream itself.
+    /// before it calls the upstream itself (longer than `lease_wait`: that request may be
+    /// waiting for another instance first).
     pub flight_wait: Duration,
     /// Lifetime of the grid lease one instance takes to fill a missing key while the others
     /// wait (`SET key#lease token NX PX`): it bounds the wait when the holder dies. `None`:
     /// no leases (concurrent misses make one upstream call per instance).
     pub lease: Option<Duration>,
-    /// How long a request waits for another instance's fill before calling the upstream.
+    /// How long a request waits for another instance's fill before calling the upstream
+    /// (longer than `lease`, so a dead holder's lease expires first and one waiter takes over).
     pub lease_wait: Duration,
     /// Longest cache key (method, host, path, query and varied headers); longer requests
     /// bypass the cache, so a client cannot make huge grid keys.
@@ -113,9 +115,9 @@ impl Default for CacheConfig {
             max_body: 1 << 20,
             max_stale: Duration::from_secs(3600),
             upstream_timeout: Duration::from_secs(5),
-            flight_wait: Duration::from_secs(5),
+            flight_wait: Duration::from_secs(10),
             lease: Some(Duration::from_secs(5)),
-            lease_wait: Duration::from_secs(5),
+            lease_wait: Duration::from_secs(6),
             max_key: 4096,
             l1: None,
         }

@@ -84,13 +84,6 @@ impl<V: Send + Sync + 'static> NearCache<V> {
             Err(_) => self.cache.invalidate(&String::from_utf8_lossy(key).into_owned()),
         }
     }
-
-    /// Number of entries (approximate, for tests and stats).
-    #[allow(dead_code)]
-    pub(crate) fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
-    }
 }
 
 impl<V: Send + Sync + 'static> Invalidate for NearCache<V> {
