@@ -10,7 +10,8 @@
 # Hit cases request one URL (all hits after the first). Cases are interleaved and repeated;
 # medians and ratios against (b). Then upstream calls with two instances: two peers (one
 # moka each) vs two of ours sharing one node (L1 on), random keys out of --keys, one wrk per
-# instance at the same time: "cold" (max-age=60, --calls-requests per instance: calls per
+# instance at the same time, all with one Host header (the instances of one site behind a
+# load balancer; the host is part of the key): "cold" (max-age=60, --calls-requests per instance: calls per
 # 1,000 requests) and "expiring" (max-age=1 for --calls-duration: calls per second).
 #
 # Usage: scripts/bench-cache.sh [--duration SECS] [--reps N] [--conns N] [--keys N]
@@ -76,8 +77,8 @@ P=$(free_port); start_app e "$P" $API --listen "127.0.0.1:$P" --no-l1;          
 
 URLPATH=/products/1
 for id in a b c d e; do
-  for _ in 1 2 3; do curl -s -o /dev/null "${BASE[$id]}$URLPATH"; done
-  curl -s -D - -o /dev/null "${BASE[$id]}$URLPATH" | tr -d '\r' | awk -v id="$id" 'tolower($1) ~ /^x-cache/ {printf "  (%s) %s\n", id, $0}' >&2
+  for _ in 1 2 3; do curl -s -o /dev/null -H "Host: api.bench" "${BASE[$id]}$URLPATH"; done
+  curl -s -D - -o /dev/null -H "Host: api.bench" "${BASE[$id]}$URLPATH" | tr -d '\r' | awk -v id="$id" 'tolower($1) ~ /^x-cache/ {printf "  (%s) %s\n", id, $0}' >&2
 done
 
 echo "==> load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -85,7 +86,7 @@ RESULTS=$(mktemp)
 for rep in $(seq "$REPS"); do
   for id in a b c d e; do
     echo "==> rep $rep/$REPS case $id: ${NAME[$id]}" >&2
-    wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${BASE[$id]}$URLPATH" > /tmp/bench-cache-wrk.txt
+    wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: api.bench" "${BASE[$id]}$URLPATH" > /tmp/bench-cache-wrk.txt
     rps=$(awk '/Requests\/sec/{print $2}' /tmp/bench-cache-wrk.txt)
     p99=$(awk '$1=="99%"{print $2}' /tmp/bench-cache-wrk.txt)
     errs=$(awk '/Non-2xx/{print $5}' /tmp/bench-cache-wrk.txt)
@@ -125,9 +126,9 @@ calls_run() { # scenario max_age per_instance_limit(0: none) duration
     local i1=p1 i2=p2; [ "$who" = ours ] && { i1=o1; i2=o2; }
     echo "==> upstream calls ($scenario), two instances: $who" >&2
     for n in 1 2; do sed -i "1s/^.*$/math.randomseed($n); limit = $limit/" "${LUA[$((n - 1))]}"; done
-    wrk -t1 -c$((CONNS / 2)) -d"${dur}s" -s "${LUA[0]}" "${BASE[$i1]}" > /tmp/bench-cache-w1.txt &
+    wrk -t1 -c$((CONNS / 2)) -d"${dur}s" -H "Host: api.bench" -s "${LUA[0]}" "${BASE[$i1]}" > /tmp/bench-cache-w1.txt &
     local w1=$!
-    wrk -t1 -c$((CONNS / 2)) -d"${dur}s" -s "${LUA[1]}" "${BASE[$i2]}" > /tmp/bench-cache-w2.txt
+    wrk -t1 -c$((CONNS / 2)) -d"${dur}s" -H "Host: api.bench" -s "${LUA[1]}" "${BASE[$i2]}" > /tmp/bench-cache-w2.txt
     wait $w1
     local reqs calls
     reqs=$(awk '/requests in/{s+=$1} END{print s}' /tmp/bench-cache-w1.txt /tmp/bench-cache-w2.txt)
