@@ -4,6 +4,8 @@
 //! grid's invalidations, stale-while-revalidate and stale-if-error, purges by URI and tag,
 //! and pass-through when the grid is down.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -726,4 +728,85 @@ async fn a_uri_purge_removes_every_variant_and_head() {
     assert_eq!(send(&app, "HEAD", "/plain", &[]).await.x_cache(), "MISS");
     assert!(matches!(cache.purge("/plain").await, Err(CacheError::BadUri(_))));
     env.stop().await;
+}
+
+/// Layers over any grid: the upstream counters and a key prefix of the test's own.
+fn instance_on(grid: Grid, config: CacheConfig, calls: &Arc<Calls>) -> (Router, CacheLayer) {
+    let layer = CacheLayer::new(grid, config).unwrap();
+    (upstream(calls.clone()).layer(layer.clone()), layer)
+}
+
+fn unique_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("cgcache-test:{test}:{}:{nanos}:", std::process::id())
+}
+
+/// The reference Redis speaks the same protocol: RESP3 tracking pushes with NOLOOP reach
+/// the other instance's L1, leases and tag indexes (PEXPIRE NX/GT in MULTI) work alike.
+#[tokio::test]
+async fn the_cache_works_the_same_over_the_reference_redis() {
+    if !common::redis_up() {
+        return;
+    }
+    let url = "redis://127.0.0.1:6379/";
+    let prefix = unique_prefix("redis");
+    let calls = Arc::new(Calls::default());
+    let cfg = |confirm_hits| CacheConfig { prefix: prefix.clone(), ..with_l1(confirm_hits) };
+    let (a, cache_a) = instance_on(grid_client(url), cfg(false), &calls);
+    let (b, _) = instance_on(grid_client(url), cfg(true), &calls);
+    for path in ["/product/42", "/product/42", "/product/42"] {
+        get_(&a, path).await;
+        get_(&b, path).await;
+    }
+    assert_eq!(get_(&b, "/product/42").await.seen(), ("HIT", "L1", "42:1"));
+    assert_eq!(cache_a.purge_tag("product:42").await.unwrap(), 1);
+    assert_eq!(get_(&b, "/product/42").await.seen(), ("MISS", "-", "42:2"));
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { get_(&app, "/slow").await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().body, "slow");
+    }
+    assert_eq!(calls.of("/slow"), 1);
+    let mut raw = redis::Client::open(url).unwrap().get_multiplexed_tokio_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut raw).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut raw).await.unwrap();
+    }
+}
+
+/// On a Redis Cluster: a primary's keys (entry, Vary marker, variant index, lease) share its
+/// hash tag's slot, so fills and URI purges are one transaction; a tag's keys are spread
+/// over slots and purged one by one. (No L1 there: the cluster client has no push channel.)
+#[tokio::test]
+async fn the_cache_works_on_a_redis_cluster() {
+    let Some(cluster) = common::RedisCluster::start() else { return };
+    let calls = Arc::new(Calls::default());
+    let grid = Grid::remote(GridConfig::cluster(cluster.urls.clone())).unwrap();
+    let (app, cache) = instance_on(grid, config(), &calls);
+    for id in 1..=20 {
+        let path = format!("/product/{id}");
+        assert_eq!(get_(&app, &path).await.x_cache(), "MISS");
+        assert_eq!(get_(&app, &path).await.seen(), ("HIT", "L2", format!("{id}:1").as_str()));
+    }
+    for lang in ["en", "de", "en"] {
+        send(&app, "GET", "/vary", &[("accept-language", lang)]).await;
+    }
+    assert_eq!(calls.of("/vary"), 2);
+    assert_eq!(cache.purge("http://example.test/vary").await.unwrap(), 3);
+    assert_eq!(cache.purge_tag("products").await.unwrap(), 20, "twenty keys over many slots");
+    assert_eq!(get_(&app, "/product/7").await.seen(), ("MISS", "-", "7:2"));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { get_(&app, "/slow").await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().body, "slow");
+    }
+    assert_eq!(calls.of("/slow"), 1);
 }
