@@ -11,7 +11,8 @@ use cachegrid::protocol::RespVersion;
 use cachegrid::server::{ClientState, Server};
 use parking_lot::Mutex;
 
-use super::{Grid, GridError};
+use super::{Grid, GridError, Invalidate, Listeners};
+use cachegrid::store::keyspace::{Change, ChangeListener};
 
 /// Most idle dispatcher contexts kept for reuse.
 const POOL: usize = 64;
@@ -23,6 +24,22 @@ pub struct EmbeddedGrid {
     addr: SocketAddr,
     /// Reusable client contexts for the dispatcher (one per concurrent call).
     pool: Mutex<Vec<ClientState>>,
+    /// Near caches told of every change to the node's keyspace.
+    listeners: Arc<Listeners>,
+}
+
+/// The node's change records, handed to the near caches (under the writer's shard lock, so a
+/// cache has dropped a key before the write that changed it returns).
+struct Forward(Arc<Listeners>);
+
+impl ChangeListener for Forward {
+    fn changed(&self, change: &Change<'_>) {
+        self.0.invalidate(change.key);
+    }
+
+    fn flushed(&self, _now_ms: u64) {
+        self.0.clear();
+    }
 }
 
 impl EmbeddedGrid {
@@ -30,11 +47,14 @@ impl EmbeddedGrid {
     pub async fn start(config: Config) -> Result<Grid, GridError> {
         let node = Node::start(config).await.map_err(|e| GridError::Unavailable(format!("{e:#}")))?;
         let (server, addr) = (node.server.clone(), node.addr);
+        let listeners = Arc::new(Listeners::default());
+        server.keyspace.add_listener(Arc::new(Forward(listeners.clone())));
         Ok(Grid::Embedded(Arc::new(EmbeddedGrid {
             node: Mutex::new(Some(node)),
             server,
             addr,
             pool: Mutex::new(Vec::new()),
+            listeners,
         })))
     }
 
@@ -59,6 +79,11 @@ impl EmbeddedGrid {
         if let Some(node) = node {
             let _ = node.shutdown().await;
         }
+    }
+
+    /// Tells `listener` of every change to the node's keys.
+    pub(crate) fn track(&self, listener: std::sync::Weak<dyn Invalidate>) {
+        self.listeners.add(listener);
     }
 
     fn client(&self) -> ClientState {

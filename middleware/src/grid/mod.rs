@@ -1,15 +1,17 @@
-//! The grid client both layers share (sessions now, the response cache later): one small API,
-//! `query` and `pipeline`, over a remote grid (a cachegrid node, plain Redis or Redis Cluster,
-//! through the `redis` crate) or a node embedded in this process.
+//! The grid client both layers share (sessions and the response cache): one small API,
+//! `query` and `transaction`, over a remote grid (a cachegrid node, plain Redis or Redis
+//! Cluster, through the `redis` crate) or a node embedded in this process; and invalidations
+//! for the near caches in front of it.
 
 mod embedded;
 mod near;
 mod remote;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 pub use embedded::EmbeddedGrid;
+pub(crate) use near::{Invalidate, NearCache};
 pub use remote::RemoteGrid;
 
 /// Why a grid call failed.
@@ -24,6 +26,9 @@ pub enum GridError {
     /// The reply did not have the expected shape.
     #[error("unexpected grid reply: {0}")]
     Protocol(String),
+    /// This grid cannot do what was asked (e.g. invalidations on a cluster).
+    #[error("not supported by this grid: {0}")]
+    Unsupported(String),
 }
 
 /// How a remote grid is reached.
@@ -152,6 +157,64 @@ impl Grid {
     pub async fn forget(&self, key: &str) {
         if let Grid::Remote(r) = self {
             r.forget(key).await;
+        }
+    }
+
+    /// Tells `listener` whenever a key this client read later changes (or might have): RESP3
+    /// CLIENT TRACKING pushes for a remote single node, the node's change records when
+    /// embedded (synchronous: before the write's reply). Not for a cluster.
+    pub(crate) fn track(&self, listener: Weak<dyn Invalidate>) -> Result<(), GridError> {
+        match self {
+            Grid::Remote(r) => r.track(listener),
+            Grid::Embedded(e) => {
+                e.track(listener);
+                Ok(())
+            }
+        }
+    }
+
+    /// Returns once every invalidation for a write that completed before the call has reached
+    /// the listeners: a PING on the tracking connection (pushes are written before later
+    /// replies); nothing when embedded (invalidations are synchronous there).
+    pub(crate) async fn barrier(&self) -> Result<(), GridError> {
+        match self {
+            Grid::Remote(r) => r.query(&redis::cmd("PING")).await.map(drop),
+            Grid::Embedded(_) => Ok(()),
+        }
+    }
+
+    /// Whether keys live on several nodes (no multi-key command across slots).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Grid::Remote(r) if r.is_cluster())
+    }
+}
+
+/// The near caches a tracking source tells; held weakly, so a dropped cache just stops hearing.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    list: parking_lot::RwLock<Vec<Weak<dyn Invalidate>>>,
+}
+
+impl Listeners {
+    pub(crate) fn add(&self, l: Weak<dyn Invalidate>) {
+        let mut list = self.list.write();
+        list.retain(|l| l.strong_count() > 0);
+        list.push(l);
+    }
+
+    pub(crate) fn invalidate(&self, key: &[u8]) {
+        for l in self.list.read().iter() {
+            if let Some(l) = l.upgrade() {
+                l.invalidate(key);
+            }
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        for l in self.list.read().iter() {
+            if let Some(l) = l.upgrade() {
+                l.clear();
+            }
         }
     }
 }

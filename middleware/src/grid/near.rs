@@ -1,6 +1,7 @@
-//! The near cache: recent HGETALL results kept in this process (moka), dropped when the grid
-//! pushes an `invalidate` for their key (RESP3 CLIENT TRACKING), all dropped when the
-//! connection that receives those pushes is lost (pushes may have been missed meanwhile).
+//! Near caches: copies of grid values kept in this process (moka), dropped when the grid says
+//! their key changed (RESP3 CLIENT TRACKING pushes, or the embedded node's change records),
+//! all dropped when the source of those invalidations is lost (some may have been missed).
+//! The session near cache holds HGETALL results; the response cache's L1 holds responses.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,23 +11,41 @@ use moka::sync::Cache;
 
 use super::NearCacheConfig;
 
-/// Cached session hashes by grid key.
-pub(crate) struct NearCache {
-    cache: Cache<String, Arc<Vec<(String, Bytes)>>>,
+/// Something holding copies of grid keys that must hear when they change.
+pub(crate) trait Invalidate: Send + Sync {
+    /// `key` changed or is gone.
+    fn invalidate(&self, key: &[u8]);
+    /// Anything may have changed (FLUSHALL, a lost connection).
+    fn clear(&self);
+}
+
+/// The session near cache's values: HGETALL field/value pairs.
+pub(crate) type Hash = Vec<(String, Bytes)>;
+
+/// Cached values by grid key.
+pub(crate) struct NearCache<V> {
+    cache: Cache<String, Arc<V>>,
     /// Bumped by every invalidation: a read that saw it change while in flight does not fill
     /// the cache, so a push that overtook its reply cannot leave a stale entry behind.
     epoch: AtomicU64,
 }
 
-impl NearCache {
-    pub(crate) fn new(config: &NearCacheConfig) -> NearCache {
-        NearCache {
-            cache: Cache::builder().max_capacity(config.max_entries).time_to_live(config.ttl).build(),
-            epoch: AtomicU64::new(0),
-        }
+impl NearCache<Hash> {
+    /// The session near cache for `config`.
+    pub(crate) fn new(config: &NearCacheConfig) -> NearCache<Hash> {
+        NearCache::with_cache(
+            Cache::builder().max_capacity(config.max_entries).time_to_live(config.ttl).build(),
+        )
+    }
+}
+
+impl<V: Send + Sync + 'static> NearCache<V> {
+    /// A near cache over a moka cache built as the caller wants it (size, weigher, expiry).
+    pub(crate) fn with_cache(cache: Cache<String, Arc<V>>) -> NearCache<V> {
+        NearCache { cache, epoch: AtomicU64::new(0) }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<Vec<(String, Bytes)>>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<V>> {
         self.cache.get(key)
     }
 
@@ -36,7 +55,7 @@ impl NearCache {
     }
 
     /// Caches a read that started at `epoch`, unless something was invalidated since.
-    pub(crate) fn fill(&self, key: &str, epoch: u64, value: Arc<Vec<(String, Bytes)>>) {
+    pub(crate) fn fill(&self, key: &str, epoch: u64, value: Arc<V>) {
         if self.epoch() == epoch {
             self.cache.insert(key.to_owned(), value);
             // An invalidation that landed during the insert may have missed the new entry.
@@ -51,15 +70,8 @@ impl NearCache {
     /// applied, and one for this key removed `hit`. Checked on the entry itself, not on the
     /// epoch: an invalidation bumps the epoch before it removes the entry, so a hit read in
     /// between saw the new epoch *and* the stale entry, and an unchanged epoch proves nothing.
-    pub(crate) fn confirms(&self, key: &str, hit: &Arc<Vec<(String, Bytes)>>) -> bool {
+    pub(crate) fn confirms(&self, key: &str, hit: &Arc<V>) -> bool {
         self.cache.get(key).is_some_and(|now| Arc::ptr_eq(&now, hit))
-    }
-
-    /// Drops one key (an `invalidate` push, or a write through this client).
-    pub(crate) fn invalidate(&self, key: &[u8]) {
-        // Epoch first: a fill racing this either sees the bump or is removed below.
-        self.bump();
-        self.remove(key);
     }
 
     fn bump(&self) {
@@ -67,12 +79,23 @@ impl NearCache {
     }
 
     fn remove(&self, key: &[u8]) {
-        let key = String::from_utf8_lossy(key).into_owned();
-        self.cache.invalidate(&key);
+        match std::str::from_utf8(key) {
+            Ok(k) => self.cache.invalidate(k),
+            Err(_) => self.cache.invalidate(&String::from_utf8_lossy(key).into_owned()),
+        }
+    }
+}
+
+impl<V: Send + Sync + 'static> Invalidate for NearCache<V> {
+    /// Drops one key (an `invalidate` push, or a write through this client).
+    fn invalidate(&self, key: &[u8]) {
+        // Epoch first: a fill racing this either sees the bump or is removed below.
+        self.bump();
+        self.remove(key);
     }
 
     /// Drops everything (FLUSHALL push, reconnect).
-    pub(crate) fn clear(&self) {
+    fn clear(&self) {
         self.bump();
         self.cache.invalidate_all();
     }
@@ -82,11 +105,11 @@ impl NearCache {
 mod tests {
     use super::*;
 
-    fn value(v: &str) -> Arc<Vec<(String, Bytes)>> {
+    fn value(v: &str) -> Arc<Hash> {
         Arc::new(vec![("n".to_owned(), Bytes::copy_from_slice(v.as_bytes()))])
     }
 
-    fn cache() -> NearCache {
+    fn cache() -> NearCache<Hash> {
         NearCache::new(&NearCacheConfig::default())
     }
 

@@ -13,8 +13,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::Mutex;
 
-use super::near::NearCache;
-use super::{classify, pairs, GridConfig, GridError, Topology};
+use super::near::{Hash, Invalidate, NearCache};
+use super::{classify, pairs, GridConfig, GridError, Listeners, Topology};
 
 #[derive(Clone)]
 enum Conn {
@@ -30,13 +30,19 @@ struct State {
     retry_at: Option<Instant>,
     /// Bumped per new connection, so a failure seen on an old one does not drop a new one.
     generation: u64,
+    /// Whether `conn` has CLIENT TRACKING on (and hands its pushes to the listeners).
+    tracked: bool,
 }
 
 /// A remote grid client.
 pub struct RemoteGrid {
     config: GridConfig,
     state: Mutex<State>,
-    near: Option<Arc<NearCache>>,
+    near: Option<Arc<NearCache<Hash>>>,
+    /// Near caches told of every invalidation pushed on the tracking connection.
+    listeners: Arc<Listeners>,
+    /// Whether a listener asked for tracking after the connection was made without it.
+    wants_tracking: AtomicBool,
     /// Whether an outage is being reported (so it is logged once, and its end once).
     down: Arc<AtomicBool>,
 }
@@ -51,27 +57,64 @@ impl RemoteGrid {
             return Err(GridError::Unavailable("the near cache needs a single-node topology".into()));
         }
         let near = config.near_cache.as_ref().map(|c| Arc::new(NearCache::new(c)));
+        let listeners = Arc::new(Listeners::default());
+        if let Some(near) = &near {
+            let weak: std::sync::Weak<dyn Invalidate> = Arc::downgrade(near) as _;
+            listeners.add(weak);
+        }
         Ok(RemoteGrid {
+            wants_tracking: AtomicBool::new(near.is_some()),
             config,
-            state: Mutex::new(State { conn: None, failures: 0, retry_at: None, generation: 0 }),
+            state: Mutex::new(State {
+                conn: None,
+                failures: 0,
+                retry_at: None,
+                generation: 0,
+                tracked: false,
+            }),
             near,
+            listeners,
             down: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Tells `listener` of every invalidation from now on: turns CLIENT TRACKING on (a
+    /// connection made without it is re-made on the next call). Single topology only.
+    pub(crate) fn track(&self, listener: std::sync::Weak<dyn Invalidate>) -> Result<(), GridError> {
+        if self.config.topology == Topology::Cluster {
+            return Err(GridError::Unsupported("invalidations need a single-node topology".into()));
+        }
+        self.listeners.add(listener);
+        self.wants_tracking.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.config.topology == Topology::Cluster
+    }
+
+    fn tracking(&self) -> bool {
+        self.wants_tracking.load(Ordering::Acquire)
     }
 
     async fn conn(&self) -> Result<(Conn, u64), GridError> {
         let mut st = self.state.lock().await;
         if let Some(c) = &st.conn {
-            return Ok((c.clone(), st.generation));
+            if st.tracked || !self.tracking() {
+                return Ok((c.clone(), st.generation));
+            }
+            // Tracking was asked for since: a new connection, with it.
+            st.conn = None;
         }
         if let Some(at) = st.retry_at {
             if Instant::now() < at {
                 return Err(GridError::Unavailable("reconnect backoff".into()));
             }
         }
-        match self.connect().await {
-            Ok(c) => {
+        match self.connect(st.generation > 0).await {
+            Ok((c, tracked)) => {
                 st.conn = Some(c.clone());
+                st.tracked = tracked;
                 st.failures = 0;
                 st.retry_at = None;
                 st.generation += 1;
@@ -103,8 +146,11 @@ impl RemoteGrid {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, GridError> {
+    /// A new connection, and whether it tracks. `again`: one was made before, so near-cache
+    /// entries read over it may have missed their invalidations.
+    async fn connect(&self, again: bool) -> Result<(Conn, bool), GridError> {
         let cfg = &self.config;
+        let tracking = self.tracking();
         match cfg.topology {
             Topology::Single => {
                 let mut info = redis::IntoConnectionInfo::into_connection_info(cfg.urls[0].as_str())
@@ -112,12 +158,11 @@ impl RemoteGrid {
                 let mut acc = AsyncConnectionConfig::new()
                     .set_connection_timeout(cfg.connect_timeout)
                     .set_response_timeout(cfg.response_timeout);
-                if let Some(near) = &self.near {
+                if tracking {
                     info.redis.protocol = redis::ProtocolVersion::RESP3;
-                    let near = near.clone();
-                    let down = self.down.clone();
+                    let listeners = self.listeners.clone();
                     acc = acc.set_push_sender(move |p: PushInfo| {
-                        on_push(&near, &down, p);
+                        on_push(&listeners, p);
                         Ok::<(), std::convert::Infallible>(())
                     });
                 }
@@ -129,17 +174,24 @@ impl RemoteGrid {
                 .await
                 .map_err(|_| GridError::Unavailable("connect timed out".into()))?
                 .map_err(classify)?;
-                if let Some(near) = &self.near {
+                if tracking {
                     // Anything cached before this connection may have missed its invalidation.
-                    near.clear();
+                    // (Not on the first: nothing is cached yet, and reads already under way
+                    // would lose their fill for nothing.)
+                    if again {
+                        self.listeners.clear();
+                    }
+                    // NOLOOP: writes through this client are dropped from its near caches by
+                    // the writer itself (`forget`), at once rather than when a push arrives.
                     redis::cmd("CLIENT")
                         .arg("TRACKING")
                         .arg("ON")
+                        .arg("NOLOOP")
                         .query_async::<()>(&mut conn)
                         .await
                         .map_err(classify)?;
                 }
-                Ok(Conn::Single(conn))
+                Ok((Conn::Single(conn), tracking))
             }
             Topology::Cluster => {
                 let client = redis::cluster::ClusterClient::builder(cfg.urls.clone())
@@ -152,7 +204,7 @@ impl RemoteGrid {
                     .await
                     .map_err(|_| GridError::Unavailable("connect timed out".into()))?
                     .map_err(classify)?;
-                Ok(Conn::Cluster(conn))
+                Ok((Conn::Cluster(conn), false))
             }
         }
     }
@@ -167,9 +219,7 @@ impl RemoteGrid {
             st.conn = None;
             st.failures = st.failures.saturating_add(1);
             st.retry_at = Some(Instant::now() + self.backoff(st.failures));
-            if let Some(near) = &self.near {
-                near.clear();
-            }
+            self.listeners.clear();
             self.report_down(e);
         }
     }
@@ -246,19 +296,19 @@ impl RemoteGrid {
 
 /// Handles one push from the grid: invalidations drop near-cache entries; a disconnect drops
 /// everything (the connection is re-made, with tracking, on the next call).
-fn on_push(near: &NearCache, _down: &AtomicBool, p: PushInfo) {
+fn on_push(listeners: &Listeners, p: PushInfo) {
     match p.kind {
         PushKind::Invalidate => match p.data.into_iter().next() {
             Some(Value::Array(keys)) => {
                 for k in keys {
                     if let Value::BulkString(k) = k {
-                        near.invalidate(&k);
+                        listeners.invalidate(&k);
                     }
                 }
             }
-            _ => near.clear(),
+            _ => listeners.clear(),
         },
-        PushKind::Disconnection => near.clear(),
+        PushKind::Disconnection => listeners.clear(),
         _ => {}
     }
 }
