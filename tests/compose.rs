@@ -3,7 +3,7 @@
 //! health checks and start order; every `CACHEGRID_*` variable and flag it, the Dockerfile or
 //! the README's container section uses is one the binary accepts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -109,6 +109,16 @@ fn the_compose_file_runs_three_nodes_and_postgres_in_order() {
             assert!(!c["services"][d]["healthcheck"].is_null(), "{d} has a health check to wait for");
         }
         assert!(node["stop_grace_period"].as_str().is_some(), "{name} gives the drain time to stop");
+        // One grid: node-a bootstraps it, the others join it; one zone per node; each
+        // announces its service name.
+        let env: BTreeMap<String, String> = env_of(node).into_iter().collect();
+        assert_eq!(env.get("CACHEGRID_ZONE").map(String::as_str), Some(&*format!("zone-{}", &name[5..])));
+        assert_eq!(env.get("CACHEGRID_CLUSTER_ANNOUNCE_IP").map(String::as_str), Some(name));
+        if name == "node-a" {
+            assert_eq!(env.get("CACHEGRID_CLUSTER_ENABLED").map(String::as_str), Some("true"));
+        } else {
+            assert_eq!(env.get("CACHEGRID_CLUSTER_JOIN").map(String::as_str), Some(r#"["node-a:7379"]"#));
+        }
     }
 }
 

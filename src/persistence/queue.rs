@@ -258,10 +258,13 @@ mod tests {
         Op::Put { kind: Kind::Str, value: v.as_bytes().to_vec(), expires_at_ms: None }
     }
 
+    const BASE: u64 = 1 << 60;
+
     #[test]
     fn records_survive_a_restart_until_released() {
         let dir = tempfile::tempdir().unwrap();
-        let versions = AtomicU64::new(0);
+        // Versions far above the clock, so they count up by one here.
+        let versions = AtomicU64::new(BASE);
         {
             let (q, old) = DurableQueue::open(dir.path(), FsyncPolicy::Always).unwrap();
             assert!(old.is_empty());
@@ -272,11 +275,11 @@ mod tests {
             q.push(&versions, b"never-written", 3, put("x"));
         }
         let (q, old) = DurableQueue::open(dir.path(), FsyncPolicy::Always).unwrap();
-        assert_eq!(old.iter().map(|r| r.version).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(old.iter().map(|r| r.version).collect::<Vec<_>>(), vec![BASE + 1, BASE + 2]);
         assert_eq!(old[1].op, Op::Delete);
-        q.release(1);
+        q.release(BASE + 1);
         assert!(q.bytes() > 0, "a segment with an uncommitted record stays");
-        q.release(2);
+        q.release(BASE + 2);
         assert_eq!(q.bytes(), 0);
         drop(q);
         let (_, old) = DurableQueue::open(dir.path(), FsyncPolicy::Always).unwrap();
@@ -286,7 +289,8 @@ mod tests {
     #[test]
     fn a_torn_tail_is_ignored_and_new_records_go_to_a_new_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let versions = AtomicU64::new(0);
+        // Versions far above the clock, so they count up by one here.
+        let versions = AtomicU64::new(BASE);
         {
             let (q, _) = DurableQueue::open(dir.path(), FsyncPolicy::No).unwrap();
             q.push(&versions, b"a", 1, put("1"));
@@ -305,7 +309,7 @@ mod tests {
         q.write_pending();
         drop(q);
         let (_, old) = DurableQueue::open(dir.path(), FsyncPolicy::No).unwrap();
-        assert_eq!(old.iter().map(|r| r.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(old.iter().map(|r| r.version).collect::<Vec<_>>(), vec![BASE + 1, BASE + 2, BASE + 3]);
     }
 }
 
