@@ -11,5 +11,6 @@ pub mod config;
 pub mod node;
 pub mod persistence;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod store;

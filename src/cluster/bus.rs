@@ -253,6 +253,9 @@ async fn serve_peer(
                 Ok(migration::DataRequest::Import { slot, entries }) => {
                     BusResponse::Imported(migration::import(&server, slot, entries))
                 }
+                Ok(migration::DataRequest::Replicate { entries }) => {
+                    BusResponse::Imported(crate::replication::apply(&server, entries))
+                }
                 Err(e) => BusResponse::Imported(Err(format!("undecodable batch: {e}"))),
             }
         } else {

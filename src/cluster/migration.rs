@@ -43,6 +43,11 @@ pub struct MovedEntry {
 /// The binary requests of the bus (data, not control: bincode, not JSON).
 #[derive(Debug, Encode, Decode)]
 pub enum DataRequest {
+    /// Keys changed on their primary, for a replica of their slots.
+    Replicate {
+        /// Each key's current state.
+        entries: Vec<crate::replication::ReplicatedKey>,
+    },
     /// Store these keys of `slot`, which is migrating to the receiver.
     Import {
         /// The slot.
@@ -149,7 +154,7 @@ async fn move_slots(
             }
             let request = DataRequest::Import { slot, entries };
             let answer = client.call_data(&request, BATCH_TIMEOUT).await;
-            let DataRequest::Import { entries, .. } = request;
+            let DataRequest::Import { entries, .. } = request else { unreachable!("built above") };
             match answer {
                 Ok(BusResponse::Imported(Ok(_))) => {
                     moved += entries.len();

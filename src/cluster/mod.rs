@@ -62,11 +62,13 @@ pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()>
         Arc::new(Cluster::joining(me, &config, addr))
     };
     let _ = server.cluster.set(cluster.clone());
+    let cluster_for_replication = cluster.clone();
     let consensus = Consensus::start(&raft_dir, info, config.cluster_replicas, cluster).await?;
     let _ = server.consensus.set(consensus.clone());
     tokio::spawn(bus::serve(listener, consensus.clone(), server.clone()));
     tokio::spawn(consensus.clone().reconcile(server.shutdown.clone()));
     tokio::spawn(migration::run(server.clone()));
+    crate::replication::Replication::start(server, cluster_for_replication);
     let shutdown = server.shutdown.clone();
     tokio::spawn(async move { consensus.establish(&config.cluster_join, shutdown).await });
     tracing::info!(node_id = %me, zone = %config.zone, "cluster mode");

@@ -1,0 +1,229 @@
+//! Replication (asynchronous): a slot's primary sends every change of the slot's keys to the
+//! slot's replicas, so they hold the data Redis Cluster clients read after READONLY and that a
+//! failover promotes. Changed keys are noted per replica by a change listener (coalesced: a
+//! key written ten times before the next batch travels once, with its latest value), and a
+//! sender task ships them in batches over the cluster bus. A replica that newly serves a
+//! slot gets all of the slot's keys first (a full sync).
+//!
+//! What a replica applies is not written behind to Postgres (its primary does that) and is
+//! not replicated further. Replies do not wait for replicas: a write acknowledged just before
+//! its primary dies can be lost (the `sync` mode and WAIT are not built yet).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bincode::{Decode, Encode};
+use parking_lot::Mutex;
+
+use crate::cluster::bus::{BusClient, BusResponse};
+use crate::cluster::migration::{DataRequest, MovedEntry};
+use crate::cluster::{Cluster, NodeId};
+use crate::persistence::record::{decode_value, encode_value};
+use crate::server::Server;
+use crate::store::clock::now_ms;
+use crate::store::keyspace::{Change, ChangeCause, ChangeListener};
+use crate::store::{key_slot, SLOT_COUNT};
+
+/// Keys per batch sent to one replica.
+const BATCH_KEYS: usize = 512;
+/// Deadline of one batch's round trip.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One key's state on its primary: its value, or None once it is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ReplicatedKey {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its value and expiry; None when deleted (or expired, or evicted) on the primary.
+    pub entry: Option<MovedEntry>,
+}
+
+thread_local! {
+    /// Set while a replica applies a batch: those changes are not replicated again.
+    static APPLYING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This node's replication state as a primary.
+pub struct Replication {
+    cluster: Arc<Cluster>,
+    /// Keys changed since they were last sent, per replica.
+    dirty: Mutex<HashMap<NodeId, HashSet<Box<[u8]>>>>,
+    /// Wakes the sender.
+    wake: tokio::sync::Notify,
+}
+
+impl Replication {
+    /// Starts replication for a node in cluster mode: the listener and the sender task.
+    pub fn start(server: &Arc<Server>, cluster: Arc<Cluster>) -> Arc<Replication> {
+        let r = Arc::new(Replication { cluster, dirty: Mutex::default(), wake: tokio::sync::Notify::new() });
+        server.keyspace.add_listener(r.clone());
+        tokio::spawn(send_loop(server.clone(), r.clone()));
+        r
+    }
+
+    /// Notes `keys` as to be sent to `replica`.
+    fn mark<'k>(&self, replica: NodeId, keys: impl Iterator<Item = &'k [u8]>) {
+        let mut dirty = self.dirty.lock();
+        let set = dirty.entry(replica).or_default();
+        set.extend(keys.map(Box::from));
+    }
+}
+
+impl ChangeListener for Replication {
+    fn changed(&self, change: &Change<'_>) {
+        // Moving a slot is not a change of its keys; the new primary syncs its replicas.
+        if change.cause == ChangeCause::Migrated || APPLYING.with(|a| a.get()) {
+            return;
+        }
+        let view = self.cluster.view();
+        let Some(me) = view.me else { return };
+        let owners = &view.map.slots[change.slot as usize];
+        if owners.primary != Some(me) || owners.replicas.is_empty() {
+            return;
+        }
+        let mut dirty = self.dirty.lock();
+        for &r in &owners.replicas {
+            dirty.entry(view.map.node(r).id).or_default().insert(change.key.into());
+        }
+        drop(dirty);
+        self.wake.notify_one();
+    }
+
+    fn flushed(&self, _now_ms: u64) {
+        // FLUSHALL on one member flushes that member only, as on a Redis Cluster node; its
+        // replicas learn of it through the full sync of the next map change.
+    }
+}
+
+/// Sends what changed to every replica, and full syncs to replicas new to a slot.
+async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
+    let mut links: HashMap<NodeId, BusClient> = HashMap::new();
+    // Slots each replica has been fully synced for while this node is their primary.
+    let mut synced: HashMap<NodeId, Vec<bool>> = HashMap::new();
+    let mut epoch = u64::MAX;
+    loop {
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            _ = r.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let view = r.cluster.view();
+        let Some(me) = view.me else { continue };
+        if view.map.epoch != epoch {
+            epoch = view.map.epoch;
+            full_syncs(&server, &r, &view.map, me, &mut synced);
+        }
+        let batches: Vec<(NodeId, Vec<Box<[u8]>>)> = {
+            let mut dirty = r.dirty.lock();
+            let mut out = Vec::new();
+            for (node, keys) in dirty.iter_mut() {
+                let take: Vec<Box<[u8]>> = keys.iter().take(BATCH_KEYS).cloned().collect();
+                for k in &take {
+                    keys.remove(k);
+                }
+                if !take.is_empty() {
+                    out.push((*node, take));
+                }
+            }
+            dirty.retain(|_, keys| !keys.is_empty());
+            out
+        };
+        let mut more = false;
+        for (node, keys) in batches {
+            let Some(info) = view.map.index_of(&node).map(|i| view.map.node(i).clone()) else {
+                continue; // no longer a member: nothing to send
+            };
+            let link = links
+                .entry(node)
+                .or_insert_with(|| BusClient::new(crate::cluster::consensus::bus_address(&info)));
+            let entries = read_current(&server, &keys);
+            let request = DataRequest::Replicate { entries };
+            match link.call_data(&request, BATCH_TIMEOUT).await {
+                Ok(BusResponse::Imported(Ok(_))) => more = true,
+                other => {
+                    tracing::debug!(replica = %node, answer = ?other.map(|_| ()), "replication batch not taken; will retry");
+                    r.mark(node, keys.iter().map(|k| &k[..]));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        if more {
+            r.wake.notify_one();
+        }
+    }
+}
+
+/// Queues every key of each slot whose replica set gained a node since the last map.
+fn full_syncs(
+    server: &Server,
+    r: &Replication,
+    map: &crate::cluster::SlotMap,
+    me: u16,
+    synced: &mut HashMap<NodeId, Vec<bool>>,
+) {
+    let mut still: HashMap<NodeId, Vec<bool>> = HashMap::new();
+    for (slot, owners) in map.slots.iter().enumerate() {
+        if owners.primary != Some(me) {
+            continue;
+        }
+        for &ri in &owners.replicas {
+            let node = map.node(ri).id;
+            let was = synced.get(&node).is_some_and(|s| s[slot]);
+            still.entry(node).or_insert_with(|| vec![false; SLOT_COUNT])[slot] = true;
+            if !was {
+                let keys = server.keyspace.lock_slot(slot as u16, now_ms()).keys_in_slot(slot, usize::MAX);
+                if !keys.is_empty() {
+                    r.mark(node, keys.iter().map(|k| &k[..]));
+                }
+            }
+        }
+    }
+    *synced = still;
+    r.wake.notify_one();
+}
+
+/// The current state of `keys`, read under their shards' locks.
+fn read_current(server: &Server, keys: &[Box<[u8]>]) -> Vec<ReplicatedKey> {
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let mut db = server.keyspace.lock_keys([&key[..]], now_ms());
+        let entry = db.peek(key).map(|e| {
+            let (kind, value) = encode_value(&e.value);
+            MovedEntry { key: key.to_vec(), kind, value, expire_at: e.expire_at().unwrap_or(0) }
+        });
+        out.push(ReplicatedKey { key: key.to_vec(), entry });
+    }
+    out
+}
+
+/// Applies a batch from a primary (on a replica). Keys of slots this node is not a replica of
+/// in its own map are ignored: a late batch from a former primary must not undo newer state.
+pub fn apply(server: &Server, keys: Vec<ReplicatedKey>) -> Result<usize, String> {
+    let cluster = server.cluster.get().ok_or("not in cluster mode")?;
+    let view = cluster.view();
+    let me = view.me.ok_or("not a member of the map")?;
+    let limits = server.keyspace.settings.hash_limits();
+    let mut applied = 0;
+    APPLYING.with(|a| a.set(true));
+    crate::persistence::loading(|| {
+        for k in keys {
+            let slot = key_slot(&k.key);
+            if !view.map.slots[slot as usize].replicas.contains(&me) {
+                continue;
+            }
+            let mut db = server.keyspace.lock_keys([&k.key[..]], now_ms());
+            match k.entry.and_then(|e| decode_value(e.kind, &e.value, limits).map(|v| (v, e.expire_at))) {
+                Some((value, expire_at)) => {
+                    db.set(&k.key, value, expire_at);
+                }
+                None => {
+                    db.remove_migrated(&k.key);
+                }
+            }
+            applied += 1;
+        }
+    });
+    APPLYING.with(|a| a.set(false));
+    Ok(applied)
+}
