@@ -18,3 +18,6 @@ pub use handle::{MissingSessionLayer, Session, SessionError};
 pub use id::SessionId;
 pub use layer::{SessionLayer, SessionService};
 pub use store::{EmbeddedStore, RemoteStore, SessionStore, SessionWrite};
+/// How one session expires ([`Session::set_expiry`]): tower-sessions' own type, so handlers
+/// written for tower-sessions compile unchanged.
+pub use tower_sessions_core::Expiry;

@@ -5,7 +5,8 @@
 //!
 //! Layout: one hash per session, `{prefix}{ID}` (the braces make the id the hash tag, so a
 //! session stays on one slot), one field `k:<name>` per session key plus `m:c` (created, unix
-//! ms) and `m:t` (last refresh). A write sends only changed fields (HSET/HDEL) in one
+//! ms), `m:t` (last refresh) and, when the handler
+//! set one, `m:x` (the session's own expiry). A write sends only changed fields (HSET/HDEL) in one
 //! MULTI/EXEC with the new PEXPIREAT.
 
 use std::future::Future;
@@ -21,6 +22,8 @@ use crate::grid::{EmbeddedGrid, Grid, GridConfig, GridError};
 pub(crate) const CREATED: &str = "m:c";
 /// Field holding the last idle-expiry refresh.
 pub(crate) const TOUCHED: &str = "m:t";
+/// Field holding the session's own expiry ([`Session::set_expiry`](super::Session::set_expiry)).
+pub(crate) const EXPIRY: &str = "m:x";
 /// Prefix of a session key's field.
 pub(crate) const KEY_FIELD: &str = "k:";
 
