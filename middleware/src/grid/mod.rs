@@ -5,6 +5,7 @@
 mod embedded;
 mod near;
 mod remote;
+mod tracked;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +52,8 @@ pub struct GridConfig {
     /// Longest reconnect delay.
     pub max_backoff: Duration,
     /// Near cache of session reads (moka), kept correct by CLIENT TRACKING pushes; off by
-    /// default. Single topology only.
+    /// default. With [`Topology::Cluster`], cached reads use a tracking connection per
+    /// primary of their own (the cluster client cannot deliver pushes).
     pub near_cache: Option<NearCacheConfig>,
 }
 

@@ -14,6 +14,7 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::Mutex;
 
 use super::near::NearCache;
+use super::tracked::{is_redirect, TrackedNodes};
 use super::{classify, pairs, GridConfig, GridError, Topology};
 
 #[derive(Clone)]
@@ -37,6 +38,8 @@ pub struct RemoteGrid {
     config: GridConfig,
     state: Mutex<State>,
     near: Option<Arc<NearCache>>,
+    /// Cluster topology with a near cache: the per-node tracking connections cached reads use.
+    tracked: Option<TrackedNodes>,
     /// Whether an outage is being reported (so it is logged once, and its end once).
     down: Arc<AtomicBool>,
 }
@@ -47,11 +50,13 @@ impl RemoteGrid {
         if config.urls.is_empty() {
             return Err(GridError::Unavailable("no grid URL given".into()));
         }
-        if config.near_cache.is_some() && config.topology == Topology::Cluster {
-            return Err(GridError::Unavailable("the near cache needs a single-node topology".into()));
-        }
         let near = config.near_cache.as_ref().map(|c| Arc::new(NearCache::new(c)));
+        let tracked = match (&near, &config.topology) {
+            (Some(near), Topology::Cluster) => Some(TrackedNodes::new(near.clone(), config.clone())),
+            _ => None,
+        };
         Ok(RemoteGrid {
+            tracked,
             config,
             state: Mutex::new(State { conn: None, failures: 0, retry_at: None, generation: 0 }),
             near,
@@ -115,9 +120,8 @@ impl RemoteGrid {
                 if let Some(near) = &self.near {
                     info.redis.protocol = redis::ProtocolVersion::RESP3;
                     let near = near.clone();
-                    let down = self.down.clone();
                     acc = acc.set_push_sender(move |p: PushInfo| {
-                        on_push(&near, &down, p);
+                        on_push(&near, p);
                         Ok::<(), std::convert::Infallible>(())
                     });
                 }
@@ -220,6 +224,9 @@ impl RemoteGrid {
         let Some(near) = &self.near else {
             return Ok(Arc::new(pairs(self.query(redis::cmd("HGETALL").arg(key)).await?)?));
         };
+        if let Some(tracked) = &self.tracked {
+            return self.hgetall_cluster(near, tracked, key).await;
+        }
         let epoch = near.epoch();
         if let Some(hit) = near.get(key) {
             if !self.config.near_cache.as_ref().is_some_and(|c| c.confirm_hits) {
@@ -236,6 +243,76 @@ impl RemoteGrid {
         Ok(v)
     }
 
+    /// HGETALL through the near cache over a cluster: on the tracking connection of the node
+    /// that serves `key` (see [`TrackedNodes`]); uncached through the cluster client when that
+    /// node is not known or the slot moved.
+    async fn hgetall_cluster(
+        &self,
+        near: &NearCache,
+        tracked: &TrackedNodes,
+        key: &str,
+    ) -> Result<Arc<Vec<(String, bytes::Bytes)>>, GridError> {
+        let uncached = || async { Ok(Arc::new(pairs(self.query(redis::cmd("HGETALL").arg(key)).await?)?)) };
+        if !tracked.has_slots().await {
+            let slots = self.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
+            tracked.set_slots(slots).await?;
+        }
+        let Ok(Some(mut node)) = tracked.conn_for(key).await else { return uncached().await };
+        let epoch = near.epoch();
+        let timeout = self.config.response_timeout;
+        let call = |conn: &mut MultiplexedConnection, cmd: redis::Cmd| {
+            let mut conn = conn.clone();
+            async move {
+                match tokio::time::timeout(timeout, conn.req_packed_command(&cmd)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        Err(redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))
+                    }
+                }
+            }
+        };
+        let hit = near.get(key);
+        let confirm = self.config.near_cache.as_ref().is_some_and(|c| c.confirm_hits);
+        if let (Some(hit), false) = (&hit, confirm) {
+            return Ok(hit.clone());
+        }
+        let result = async {
+            if let Some(hit) = hit {
+                // The barrier, on the connection that carries this key's invalidations.
+                call(&mut node.conn, redis::cmd("PING")).await?;
+                if near.confirms(key, &hit) {
+                    return Ok((hit, false));
+                }
+            }
+            let v = call(&mut node.conn, redis::cmd("HGETALL").arg(key).clone()).await?;
+            let v = pairs(v).map_err(|_| {
+                redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected HGETALL reply"))
+            })?;
+            Ok::<_, redis::RedisError>((Arc::new(v), true))
+        }
+        .await;
+        match result {
+            Ok((v, read)) => {
+                if read {
+                    near.fill(key, epoch, v.clone());
+                }
+                Ok(v)
+            }
+            Err(e) if is_redirect(&e) => {
+                tracked.forget_slots().await;
+                uncached().await
+            }
+            Err(e) => {
+                let e = classify(e);
+                if matches!(e, GridError::Unavailable(_)) {
+                    tracked.broken(&node).await;
+                    return uncached().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Drops `key` from the near cache.
     pub async fn forget(&self, key: &str) {
         if let Some(near) = &self.near {
@@ -246,7 +323,7 @@ impl RemoteGrid {
 
 /// Handles one push from the grid: invalidations drop near-cache entries; a disconnect drops
 /// everything (the connection is re-made, with tracking, on the next call).
-fn on_push(near: &NearCache, _down: &AtomicBool, p: PushInfo) {
+pub(super) fn on_push(near: &NearCache, p: PushInfo) {
     match p.kind {
         PushKind::Invalidate => match p.data.into_iter().next() {
             Some(Value::Array(keys)) => {

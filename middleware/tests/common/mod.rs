@@ -35,7 +35,7 @@ pub struct Env {
     pub url: Option<String>,
     grid: Option<Grid>,
     node: Option<cachegrid::node::Node>,
-    cluster: Option<RedisCluster>,
+    pub cluster: Option<RedisCluster>,
 }
 
 pub fn unique(test: &str) -> String {
