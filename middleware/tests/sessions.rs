@@ -162,6 +162,25 @@ async fn per_session_expiry(b: Backend) {
     env.cleanup().await;
 }
 
+/// The idle expiry moves at most once per refresh interval: a write in between changes its
+/// field only (no Set-Cookie, the grid TTL left where it was); one after it moves both.
+async fn writes_between_refreshes_leave_the_expiry(b: Backend) {
+    let Some(env) = Env::start(b, "refresh").await else { return };
+    let app = env.app(config().with_refresh_interval(Duration::from_millis(800)));
+    let c = send(&app, "POST", "/set/a/1", None).await.cookie();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = send(&app, "POST", "/set/a/2", Some(&c)).await;
+    assert_eq!(r.set_cookie, None, "cookie re-sent within the refresh interval");
+    let ttl = env.pttl(&c).await;
+    assert!(ttl <= 1_800_000 - 250, "grid TTL moved within the refresh interval: {ttl}");
+    assert_eq!(send(&app, "GET", "/get/a", Some(&c)).await.body, "2");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = send(&app, "POST", "/set/a/3", Some(&c)).await;
+    assert!(r.set_cookie.as_deref().is_some_and(|s| s.contains("Max-Age=1800")), "{r:?}");
+    assert!(env.pttl(&c).await > 1_800_000 - 200, "grid TTL not refreshed after the interval");
+    env.cleanup().await;
+}
+
 async fn id_rotation(b: Backend) {
     let Some(env) = Env::start(b, "cycle").await else { return };
     let app = env.app(config());
@@ -228,6 +247,8 @@ macro_rules! suite {
             async fn idle_and_absolute_expiry() { super::idle_and_absolute_expiry($b).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn per_session_expiry() { super::per_session_expiry($b).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn writes_between_refreshes_leave_the_expiry() { super::writes_between_refreshes_leave_the_expiry($b).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn id_rotation() { super::id_rotation($b).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,6 +142,15 @@ impl Grid {
         }
     }
 
+    /// Runs `cmds` in one round trip, not atomically; one value per command.
+    pub async fn pipeline(&self, cmds: &[redis::Cmd]) -> Result<Vec<redis::Value>, GridError> {
+        match self {
+            Grid::Remote(r) => r.pipeline(cmds).await,
+            // In process there is no round trip to save: a transaction costs nothing more.
+            Grid::Embedded(e) => e.transaction(cmds),
+        }
+    }
+
     /// HGETALL `key` as field/value pairs, served from the near cache when it is on.
     pub async fn hgetall(&self, key: &str) -> Result<Arc<Vec<(String, bytes::Bytes)>>, GridError> {
         match self {

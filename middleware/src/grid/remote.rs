@@ -37,6 +37,9 @@ struct State {
 pub struct RemoteGrid {
     config: GridConfig,
     state: Mutex<State>,
+    /// The current connection and its generation, read without awaiting the state lock (the
+    /// fast path of every call); `None` while there is none.
+    current: parking_lot::RwLock<Option<(Conn, u64)>>,
     near: Option<Arc<NearCache>>,
     /// Cluster topology with a near cache: the per-node tracking connections cached reads use.
     tracked: Option<TrackedNodes>,
@@ -59,12 +62,16 @@ impl RemoteGrid {
             tracked,
             config,
             state: Mutex::new(State { conn: None, failures: 0, retry_at: None, generation: 0 }),
+            current: parking_lot::RwLock::new(None),
             near,
             down: Arc::new(AtomicBool::new(false)),
         })
     }
 
     async fn conn(&self) -> Result<(Conn, u64), GridError> {
+        if let Some(c) = &*self.current.read() {
+            return Ok(c.clone());
+        }
         let mut st = self.state.lock().await;
         if let Some(c) = &st.conn {
             return Ok((c.clone(), st.generation));
@@ -80,6 +87,7 @@ impl RemoteGrid {
                 st.failures = 0;
                 st.retry_at = None;
                 st.generation += 1;
+                *self.current.write() = Some((c.clone(), st.generation));
                 if self.down.swap(false, Ordering::AcqRel) {
                     tracing::info!(urls = ?self.config.urls, "grid reachable again");
                 }
@@ -169,6 +177,7 @@ impl RemoteGrid {
                 return;
             }
             st.conn = None;
+            *self.current.write() = None;
             st.failures = st.failures.saturating_add(1);
             st.retry_at = Some(Instant::now() + self.backoff(st.failures));
             if let Some(near) = &self.near {
@@ -178,15 +187,15 @@ impl RemoteGrid {
         }
     }
 
+    /// Awaits a call, forgetting the connection if it failed. The reply timeout is the
+    /// connection's own (`response_timeout`, given to the `redis` crate at connect), so no
+    /// timer is armed here per call.
     async fn timed<T>(
         &self,
         generation: u64,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, GridError> {
-        let r = match tokio::time::timeout(self.config.response_timeout, f).await {
-            Ok(r) => r.map_err(classify),
-            Err(_) => Err(GridError::Unavailable("reply timed out".into())),
-        };
+        let r = f.await.map_err(classify);
         if let Err(e) = &r {
             self.broken(e, generation).await;
         }
@@ -203,8 +212,20 @@ impl RemoteGrid {
 
     /// Runs `cmds` as one MULTI/EXEC transaction; one value per command.
     pub async fn transaction(&self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, GridError> {
+        self.pipelined(cmds, true).await
+    }
+
+    /// Sends `cmds` in one write and reads their replies (not atomic: others' commands may
+    /// run between them); one value per command, error replies included.
+    pub async fn pipeline(&self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, GridError> {
+        self.pipelined(cmds, false).await
+    }
+
+    async fn pipelined(&self, cmds: &[redis::Cmd], atomic: bool) -> Result<Vec<Value>, GridError> {
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        if atomic {
+            pipe.atomic();
+        }
         for c in cmds {
             pipe.add_command(c.clone());
         }

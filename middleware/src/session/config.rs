@@ -39,8 +39,10 @@ pub struct SessionConfig {
     pub idle_timeout: Option<Duration>,
     /// Absolute lifetime from creation (default 24 hours); `None`: none.
     pub absolute_timeout: Option<Duration>,
-    /// A request that changes nothing refreshes the idle expiry at most this often (default
-    /// 60 s), so reads do not each cost a grid write.
+    /// The idle expiry (grid TTL and cookie `Max-Age`) moves at most this often (default
+    /// 60 s): a request within the interval, reading or writing, leaves it where it is, so
+    /// reads cost no grid write and writes no PEXPIREAT or Set-Cookie. A session may so end
+    /// up to this much before `idle_timeout` after its last request.
     pub refresh_interval: Duration,
     /// Grid key prefix (default `session:`); keys are `{prefix}{ID}` with the id as hash tag.
     pub key_prefix: String,

@@ -231,6 +231,7 @@ async fn save<S: SessionStore>(
             set,
             del: Vec::new(),
             expire_at_ms: config.expires_at(expiry, created, now),
+            keep_expiry: false,
         }
     };
     let cookie = |id: SessionId| set_cookie(config, id, expiry, now);
@@ -259,11 +260,17 @@ async fn save<S: SessionStore>(
             if s.dirty.is_empty() && !refresh_due && !s.expiry_dirty {
                 return Ok(None);
             }
+            // The idle expiry (grid TTL, `m:t`, cookie) moves at most once per refresh interval;
+            // a change in between only writes its fields.
+            let refresh = refresh_due || s.expiry_dirty;
             let mut w = SessionWrite {
                 expire_at_ms: config.expires_at(expiry, s.created_ms, now),
+                keep_expiry: !refresh,
                 ..Default::default()
             };
-            w.set.push((TOUCHED.to_owned(), Bytes::from(now.to_string())));
+            if refresh {
+                w.set.push((TOUCHED.to_owned(), Bytes::from(now.to_string())));
+            }
             if s.expiry_dirty {
                 match expiry {
                     Some(e) => w.set.push((EXPIRY.to_owned(), encode_expiry(e))),
@@ -279,7 +286,7 @@ async fn save<S: SessionStore>(
             }
             store.write(&id, &w).await?;
             // The cookie's Max-Age follows the idle expiry, so it is re-sent when that moves.
-            Ok(Some(cookie(id)))
+            Ok(refresh.then(|| cookie(id)))
         }
     }
 }
