@@ -4,7 +4,6 @@
 //! large request arriving in pieces is scanned once. Only a complete frame reaches the crate.
 
 use bytes::{Bytes, BytesMut};
-use redis_protocol::resp2::{decode::decode_range, types::RangeFrame};
 
 /// Longest inline command or frame header line, as Redis's PROTO_INLINE_MAX_SIZE.
 pub const INLINE_MAX: usize = 64 * 1024;
@@ -48,6 +47,10 @@ struct Progress {
 #[derive(Debug, Default)]
 pub struct RequestParser {
     progress: Option<Progress>,
+    /// Where each argument of the frame being scanned lies in the buffer: the scan that
+    /// checks the frame also finds the arguments, so a complete frame is sliced, not parsed
+    /// again.
+    ranges: Vec<(usize, usize)>,
 }
 
 /// Position of the first `\r\n`-terminated line at `from`, as (line end, next offset).
@@ -130,6 +133,8 @@ impl RequestParser {
                 if n as usize > limits.max_multibulk_len {
                     return Err(perr("invalid multibulk length"));
                 }
+                self.ranges.clear();
+                self.ranges.reserve((n as usize).min(1024));
                 Progress { pos: next, remaining: n as usize }
             }
         };
@@ -162,27 +167,13 @@ impl RequestParser {
                 self.progress = Some(progress);
                 return Ok(Parsed::Incomplete);
             }
+            // As Redis, the two bytes after an argument are skipped, not checked.
+            self.ranges.push((next, next + len as usize));
             progress = Progress { pos: after, remaining: progress.remaining - 1 };
         }
         self.progress = None;
-        let frame_len = progress.pos;
-        let (frame, used) = match decode_range(&buf[..frame_len]) {
-            Ok(Some(f)) => f,
-            Ok(None) => return Err(perr("incomplete frame")),
-            Err(e) => return Err(perr(e.to_string())),
-        };
-        let bytes = buf.split_to(used).freeze();
-        let RangeFrame::Array(items) = frame else {
-            return Err(perr("expected an array"));
-        };
-        let mut args = Vec::with_capacity(items.len());
-        for item in items {
-            match item {
-                RangeFrame::BulkString((start, end)) => args.push(bytes.slice(start..end)),
-                _ => return Err(perr("expected a bulk string")),
-            }
-        }
-        Ok(Parsed::Args(args))
+        let bytes = buf.split_to(progress.pos).freeze();
+        Ok(Parsed::Args(self.ranges.drain(..).map(|(start, end)| bytes.slice(start..end)).collect()))
     }
 }
 
@@ -360,6 +351,23 @@ mod tests {
     fn a_nul_byte_ends_an_inline_command() {
         assert_eq!(parse_all(b"GET a\0b c\r\n").unwrap(), vec![vec![b"GET".to_vec(), b"a".to_vec()]]);
         assert_eq!(parse_all(b"\0\r\nPING\r\n").unwrap(), vec![vec![b"PING".to_vec()]]);
+    }
+
+    #[test]
+    fn the_two_bytes_after_an_argument_are_skipped_unchecked_as_redis_does() {
+        let got = parse_all(b"*1\r\n$4\r\nPINGxx*2\r\n$4\r\nECHO\r\n$1\r\na\r\n").unwrap();
+        assert_eq!(got, vec![vec![b"PING".to_vec()], vec![b"ECHO".to_vec(), b"a".to_vec()]]);
+    }
+
+    #[test]
+    fn a_frame_split_across_reads_keeps_its_arguments() {
+        let mut p = RequestParser::new();
+        let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$1\r\nk"[..]);
+        assert_eq!(p.next(&mut buf, &Limits::default()).unwrap(), None);
+        buf.extend_from_slice(b"\r\n$5\r\nvalue\r\n");
+        let args = p.next(&mut buf, &Limits::default()).unwrap().unwrap();
+        assert_eq!(args, vec![&b"SET"[..], b"k", b"value"]);
+        assert!(buf.is_empty());
     }
 
     #[test]
