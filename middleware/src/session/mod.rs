@@ -1,6 +1,11 @@
 //! Web sessions in the grid: [`SessionLayer`] (a tower layer) and the [`Session`] extractor,
 //! with the tower-sessions API, over a [`RemoteStore`] or an [`EmbeddedStore`].
 //!
+//! Expiry: the layer's idle timeout (sliding, moved at most once per refresh interval) and
+//! absolute lifetime ([`SessionConfig`]); a handler may give one session its own with
+//! [`Session::set_expiry`] (tower-sessions' [`Expiry`]), kept with the session; the grid TTL
+//! and the cookie's `Max-Age`/`Expires` follow.
+//!
 //! Concurrency: a request writes back only the keys it changed (HSET/HDEL of those fields),
 //! so concurrent requests of one session changing different keys both keep their change.
 //! When two requests change the *same* key, the one whose response is saved last wins for
