@@ -77,7 +77,7 @@ impl OutputLimits {
     /// Applies the classes named in `spec`, as CONFIG SET does; nothing changes on an error.
     pub fn apply(&self, spec: &str) -> Result<(), String> {
         let words: Vec<&str> = spec.split_whitespace().collect();
-        if words.len() % 4 != 0 {
+        if !words.len().is_multiple_of(4) {
             return Err("Wrong number of arguments in buffer limit configuration.".into());
         }
         let mut parsed = Vec::new();

@@ -27,18 +27,24 @@ pub(crate) struct TrackedNodes {
     inner: Mutex<Inner>,
 }
 
+/// A node's host and port.
+type Addr = (String, u16);
+
+/// `(first slot, last slot, primary)` of each slot range.
+type SlotRange = (u16, u16, Addr);
+
 #[derive(Default)]
 struct Inner {
-    /// `(first slot, last slot, "host:port")` of each primary; empty: to be fetched.
-    slots: Vec<(u16, u16, (String, u16))>,
-    nodes: HashMap<(String, u16), MultiplexedConnection>,
+    /// The primary of each slot range; empty: to be fetched.
+    slots: Vec<SlotRange>,
+    nodes: HashMap<Addr, MultiplexedConnection>,
 }
 
 /// Where a cached read goes: the node's tracking connection, and its address (to drop it
 /// after a failure).
 pub(crate) struct NodeConn {
     pub conn: MultiplexedConnection,
-    addr: (String, u16),
+    addr: Addr,
 }
 
 impl TrackedNodes {
@@ -95,7 +101,7 @@ impl TrackedNodes {
         self.near.clear();
     }
 
-    async fn connect(&self, (host, port): &(String, u16)) -> Result<MultiplexedConnection, GridError> {
+    async fn connect(&self, (host, port): &Addr) -> Result<MultiplexedConnection, GridError> {
         let cfg = &self.config;
         // Credentials and options of the first seed, the address of this node.
         let mut info =
@@ -131,7 +137,7 @@ pub(crate) fn is_redirect(e: &redis::RedisError) -> bool {
     matches!(e.kind(), redis::ErrorKind::Moved | redis::ErrorKind::Ask)
 }
 
-fn parse_slots(reply: Value) -> Result<Vec<(u16, u16, (String, u16))>, GridError> {
+fn parse_slots(reply: Value) -> Result<Vec<SlotRange>, GridError> {
     let bad = |what: &str| GridError::Protocol(format!("CLUSTER SLOTS: {what}"));
     let Value::Array(ranges) = reply else { return Err(bad("not an array")) };
     let mut out = Vec::with_capacity(ranges.len());
