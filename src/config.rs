@@ -32,6 +32,10 @@ pub struct Config {
     /// Largest unparsed input a client may accumulate (`client-query-buffer-limit`).
     #[serde(deserialize_with = "de_size")]
     pub client_query_buffer_limit: u64,
+    /// Output bounds per client class, in Redis's syntax (`client-output-buffer-limit`): a
+    /// subscriber whose pending messages pass the `pubsub` hard limit, or its soft limit for
+    /// longer than its seconds, is disconnected.
+    pub client_output_buffer_limit: String,
     /// Memory limit for data; 0 means none (`maxmemory`).
     #[serde(deserialize_with = "de_size")]
     pub maxmemory: u64,
@@ -108,6 +112,7 @@ impl Default for Config {
             proto_max_bulk_len: 512 * 1024 * 1024,
             proto_max_multibulk_len: 1024 * 1024,
             client_query_buffer_limit: 1024 * 1024 * 1024,
+            client_output_buffer_limit: DEFAULT_OUTPUT_BUFFER_LIMIT.into(),
             maxmemory: 0,
             maxmemory_policy: "noeviction".into(),
             maxmemory_samples: 5,
@@ -137,6 +142,9 @@ impl Default for Config {
         }
     }
 }
+
+/// Redis's default `client-output-buffer-limit`.
+pub const DEFAULT_OUTPUT_BUFFER_LIMIT: &str = "normal 0 0 0 replica 256mb 64mb 60 pubsub 32mb 8mb 60";
 
 /// Errors in configuration.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +217,9 @@ impl Config {
         }
         if self.maxclients == 0 {
             return Err(ConfigError::Invalid { name: "maxclients", reason: "must be at least 1".into() });
+        }
+        if let Err(reason) = crate::server::pubsub::OutputLimits::parse(&self.client_output_buffer_limit) {
+            return Err(ConfigError::Invalid { name: "client-output-buffer-limit", reason });
         }
         if self.cluster_replicas > 5 {
             return Err(ConfigError::Invalid {

@@ -70,7 +70,11 @@ const COVERED: &[&str] = &[
     "pexpiretime",
     "ping",
     "psetex",
+    "psubscribe",
     "pttl",
+    "publish",
+    "pubsub",
+    "punsubscribe",
     "quit",
     "randomkey",
     "readonly",
@@ -86,11 +90,13 @@ const COVERED: &[&str] = &[
     "setrange",
     "shutdown",
     "strlen",
+    "subscribe",
     "time",
     "touch",
     "ttl",
     "type",
     "unlink",
+    "unsubscribe",
     "unwatch",
     "watch",
 ];
@@ -279,4 +285,66 @@ async fn acl_users_through_the_client() {
     let err = redis::cmd("SET").arg("k:1").arg("v").query_async::<Value>(&mut u).await.unwrap_err();
     assert!(err.to_string().contains("NOPERM"), "{err}");
     assert_eq!(q::<i64>(&mut c, &["ACL", "DELUSER", "crate_user"]).await, 1);
+}
+
+#[tokio::test]
+async fn pubsub_through_the_async_pubsub_and_resp3_pushes() {
+    let node = common::TestNode::start();
+    let client = redis::Client::open(node.url()).unwrap();
+    let mut c = node.client().await;
+    // RESP2: the crate's dedicated Pub/Sub connection.
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe("news").await.unwrap();
+    sub.psubscribe("n*").await.unwrap();
+    assert_eq!(q::<i64>(&mut c, &["PUBLISH", "news", "hello"]).await, 2);
+    assert_eq!(q::<Vec<String>>(&mut c, &["PUBSUB", "CHANNELS"]).await, vec!["news".to_string()]);
+    assert_eq!(q::<(String, i64)>(&mut c, &["PUBSUB", "NUMSUB", "news"]).await, ("news".into(), 1));
+    assert_eq!(q::<i64>(&mut c, &["PUBSUB", "NUMPAT"]).await, 1);
+    {
+        let mut messages = sub.on_message();
+        let (m1, m2) = (messages.next().await.unwrap(), messages.next().await.unwrap());
+        let mut got = vec![
+            (
+                m1.get_channel_name().to_string(),
+                m1.get_pattern::<Option<String>>().unwrap(),
+                m1.get_payload::<String>().unwrap(),
+            ),
+            (
+                m2.get_channel_name().to_string(),
+                m2.get_pattern::<Option<String>>().unwrap(),
+                m2.get_payload::<String>().unwrap(),
+            ),
+        ];
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("news".into(), None, "hello".into()), ("news".into(), Some("n*".into()), "hello".into())]
+        );
+    }
+    sub.unsubscribe("news").await.unwrap();
+    sub.punsubscribe("n*").await.unwrap();
+    assert_eq!(q::<i64>(&mut c, &["PUBLISH", "news", "again"]).await, 0);
+
+    // RESP3: a multiplexed connection subscribes and receives pushes.
+    let url = format!("{}?protocol=resp3", node.url());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = redis::AsyncConnectionConfig::new().set_push_sender(tx);
+    let mut con3 = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    con3.subscribe("resp3").await.unwrap();
+    assert_eq!(q::<i64>(&mut c, &["PUBLISH", "resp3", "pushed"]).await, 1);
+    loop {
+        let push = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        if push.kind == redis::PushKind::Message {
+            assert_eq!(
+                push.data,
+                vec![Value::BulkString(b"resp3".to_vec()), Value::BulkString(b"pushed".to_vec())]
+            );
+            break;
+        }
+    }
+    con3.unsubscribe("resp3").await.unwrap();
 }

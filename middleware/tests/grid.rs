@@ -41,6 +41,49 @@ async fn near_cache_against_redis() {
     near_caches_never_serve_a_stale_session(Backend::Redis).await
 }
 
+/// Over a Redis Cluster, the near cache reads through a tracking connection to each primary:
+/// sessions spread over every node, each write seen by the very next read through the other
+/// instance, and every node that served a cached read has a tracking client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_cache_against_a_redis_cluster() {
+    let Some(env) = Env::start(Backend::Cluster, "near_cluster").await else { return };
+    let near = NearCacheConfig::default();
+    let (a, b2) = (env.app_with(config(), Some(near.clone())), env.app_with(config(), Some(near)));
+    let mut cookies = Vec::new();
+    for _ in 0..12 {
+        cookies.push(send(&a, "POST", "/set/n/0", None).await.cookie());
+    }
+    for i in 1..=5u64 {
+        for c in &cookies {
+            assert_eq!(send(&a, "GET", "/get/n", Some(c)).await.body, (i - 1).to_string());
+            assert_eq!(send(&b2, "GET", "/get/n", Some(c)).await.body, (i - 1).to_string());
+        }
+        let (writer, reader) = if i % 2 == 0 { (&a, &b2) } else { (&b2, &a) };
+        for c in &cookies {
+            send(writer, "POST", &format!("/set/n/{i}"), Some(c)).await;
+        }
+        for c in &cookies {
+            assert_eq!(
+                send(reader, "GET", "/get/n", Some(c)).await.body,
+                i.to_string(),
+                "stale read at step {i}"
+            );
+        }
+    }
+    // Every primary owns some of the 12 sessions (all on one node: odds of 3 in 3^12), and
+    // has tracking clients: ours, one per app instance.
+    let urls = &env.cluster.as_ref().unwrap().urls;
+    for url in urls {
+        let mut conn =
+            redis::Client::open(url.as_str()).unwrap().get_multiplexed_tokio_connection().await.unwrap();
+        let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
+        let tracking =
+            list.lines().filter(|l| l.split(' ').any(|f| f.starts_with("flags=") && f.contains('t'))).count();
+        assert!(tracking >= 2, "no tracking connections on {url}: {list}");
+    }
+    env.cleanup().await;
+}
+
 /// A port with nothing listening.
 fn dead_url() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

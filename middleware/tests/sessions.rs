@@ -101,6 +101,86 @@ async fn idle_and_absolute_expiry(b: Backend) {
     env.cleanup().await;
 }
 
+/// `Session::set_expiry`: stored with the session, followed by the grid TTL and the cookie,
+/// capped by the layer's absolute lifetime.
+async fn per_session_expiry(b: Backend) {
+    let Some(env) = Env::start(b, "setexp").await else { return };
+    let app = env.app(config().with_refresh_interval(Duration::from_millis(50)));
+    let max_age = |r: &common::Res| {
+        let sc = r.set_cookie.clone().expect("a Set-Cookie");
+        sc.split("; ").find_map(|a| a.strip_prefix("Max-Age=").map(str::to_owned))
+    };
+
+    // OnInactivity: a sliding expiry of its own, instead of the layer's 30 minutes.
+    let c = send(&app, "POST", "/set/a/1", None).await.cookie();
+    assert_eq!(send(&app, "GET", "/expiry", Some(&c)).await.body, "default");
+    let r = send(&app, "POST", "/expiry/idle/1200", Some(&c)).await;
+    assert_eq!(max_age(&r).as_deref(), Some("1"), "{r:?}");
+    assert_eq!(send(&app, "GET", "/expiry", Some(&c)).await.body, "idle 1200", "not kept for later requests");
+    let ttl = env.pttl(&c).await;
+    assert!((0..=1200).contains(&ttl), "grid TTL {ttl} does not follow the session's expiry");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(send(&app, "GET", "/get/a", Some(&c)).await.body, "1", "inactivity expiry not refreshed");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(send(&app, "GET", "/get/a", Some(&c)).await.body, "none");
+
+    // AtDateTime: a fixed end however active the session is; the cookie says when.
+    let c = send(&app, "POST", "/set/a/1", None).await.cookie();
+    let r = send(&app, "POST", "/expiry/at/1500", Some(&c)).await;
+    let sc = r.set_cookie.clone().unwrap();
+    assert!(sc.contains("Expires="), "{sc}");
+    assert!(matches!(max_age(&r).as_deref(), Some("1" | "2")), "{sc}");
+    assert!((0..=1500).contains(&env.pttl(&c).await));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(send(&app, "POST", "/incr/n", Some(&c)).await.status, StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(send(&app, "GET", "/get/a", Some(&c)).await.body, "none", "AtDateTime extended by activity");
+
+    // OnSessionEnd: a browser-session cookie; the grid keeps the layer's idle timeout.
+    let c = send(&app, "POST", "/set/a/1", None).await.cookie();
+    let r = send(&app, "POST", "/expiry/end/0", Some(&c)).await;
+    let sc = r.set_cookie.clone().unwrap();
+    assert!(!sc.contains("Max-Age") && !sc.contains("Expires"), "{sc}");
+    assert!(env.pttl(&c).await > 1_700_000);
+    assert_eq!(send(&app, "GET", "/get/a", Some(&c)).await.body, "1");
+    // Back to the layer's expiry.
+    let r = send(&app, "POST", "/expiry/none/0", Some(&c)).await;
+    assert_eq!(max_age(&r).as_deref(), Some("1800"));
+    assert_eq!(send(&app, "GET", "/expiry", Some(&c)).await.body, "default");
+
+    // The layer's absolute lifetime caps a longer expiry of the session's own.
+    let capped = env.app(config().with_absolute_timeout(Some(Duration::from_millis(600))));
+    let c = send(&capped, "POST", "/set/a/1", None).await.cookie();
+    send(&capped, "POST", "/expiry/idle/60000", Some(&c)).await;
+    assert!(env.pttl(&c).await <= 600);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(send(&capped, "GET", "/get/a", Some(&c)).await.body, "none");
+    env.cleanup().await;
+}
+
+/// The idle expiry moves at most once per refresh interval: a write in between changes its
+/// field only (no Set-Cookie, the grid TTL left where it was); one after it moves both.
+async fn writes_between_refreshes_leave_the_expiry(b: Backend) {
+    let Some(env) = Env::start(b, "refresh").await else { return };
+    let app = env.app(config().with_refresh_interval(Duration::from_millis(800)));
+    let c = send(&app, "POST", "/set/a/1", None).await.cookie();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = send(&app, "POST", "/set/a/2", Some(&c)).await;
+    assert_eq!(r.set_cookie, None, "cookie re-sent within the refresh interval");
+    let ttl = env.pttl(&c).await;
+    assert!(ttl <= 1_800_000 - 250, "grid TTL moved within the refresh interval: {ttl}");
+    assert_eq!(send(&app, "GET", "/get/a", Some(&c)).await.body, "2");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = send(&app, "POST", "/set/a/3", Some(&c)).await;
+    assert!(r.set_cookie.as_deref().is_some_and(|s| s.contains("Max-Age=1800")), "{r:?}");
+    assert!(env.pttl(&c).await > 1_800_000 - 200, "grid TTL not refreshed after the interval");
+    env.cleanup().await;
+}
+
 async fn id_rotation(b: Backend) {
     let Some(env) = Env::start(b, "cycle").await else { return };
     let app = env.app(config());
@@ -165,6 +245,10 @@ macro_rules! suite {
             async fn concurrent_requests_keep_every_key() { super::concurrent_requests_keep_every_key($b).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn idle_and_absolute_expiry() { super::idle_and_absolute_expiry($b).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn per_session_expiry() { super::per_session_expiry($b).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn writes_between_refreshes_leave_the_expiry() { super::writes_between_refreshes_leave_the_expiry($b).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn id_rotation() { super::id_rotation($b).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,7 @@ pub fn of(spec: &CommandSpec) -> Vec<&'static str> {
         "hash" => out.push("hash"),
         "connection" => out.push("connection"),
         "transactions" => out.push("transaction"),
+        "pubsub" => out.push("pubsub"),
         _ => {}
     }
     if has("write") {

@@ -65,6 +65,7 @@ pub static PARAMS: &[Param] = &[
     Param { name: "timeout", aliases: &[], doc: "Close a client idle this many seconds; 0 never.", get: |s| s.idle_timeout.load(Ordering::Relaxed).to_string(), access: Access::Mutable(set_timeout) },
     Param { name: "proto-max-bulk-len", aliases: &[], doc: "Longest bulk string a client may send (memory units).", get: |s| s.proto_max_bulk_len.load(Ordering::Relaxed).to_string(), access: Access::Mutable(set_proto_max_bulk_len) },
     Param { name: "client-query-buffer-limit", aliases: &[], doc: "Largest unparsed input a client may accumulate (memory units).", get: |s| s.query_buffer_limit.load(Ordering::Relaxed).to_string(), access: Access::Mutable(set_query_buffer_limit) },
+    Param { name: "client-output-buffer-limit", aliases: &[], doc: "Output bounds per client class, as Redis: `<class> <hard> <soft> <soft-seconds>` for normal, replica, pubsub; a subscriber past them is disconnected.", get: |s| s.pubsub.limits.describe(), access: Access::Mutable(set_output_limit) },
     Param { name: "maxmemory", aliases: &[], doc: "Memory limit for data (memory units); 0 means none.", get: |s| s.maxmemory.load(Ordering::Relaxed).to_string(), access: Access::Mutable(set_maxmemory) },
     Param { name: "maxmemory-policy", aliases: &[], doc: "What to do at the memory limit: noeviction or an eviction policy.", get: |s| s.keyspace.settings.policy().name().to_string(), access: Access::Mutable(set_policy) },
     Param { name: "maxmemory-samples", aliases: &[], doc: "Keys sampled per eviction.", get: |s| s.keyspace.settings.samples.load(Ordering::Relaxed).to_string(), access: Access::Mutable(set_samples) },
@@ -142,6 +143,12 @@ fn set_proto_max_bulk_len(s: &Server, v: &str) -> Result<(), String> {
     let n = parse_bounded(v, 1024 * 1024, LONG_MAX, true)?;
     s.proto_max_bulk_len.store(n as usize, Ordering::Relaxed);
     s.config.write().proto_max_bulk_len = n;
+    Ok(())
+}
+
+fn set_output_limit(s: &Server, v: &str) -> Result<(), String> {
+    s.pubsub.limits.apply(v)?;
+    s.config.write().client_output_buffer_limit = s.pubsub.limits.describe();
     Ok(())
 }
 

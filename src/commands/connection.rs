@@ -23,7 +23,12 @@ pub static COMMANDS: &[CommandSpec] = &[
     cmd("reset", 1, &["allow-in-multi", "noscript", "loading", "stale", "fast", "no-auth", "allow-busy"], Keys::None, "connection", "6.2.0", "Resets the connection.", reset),
 ];
 
-fn ping(_: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
+fn ping(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
+    if args.len() <= 2 && ctx.client.in_resp2_pubsub() {
+        // In RESP2 Pub/Sub mode a reply must look like a message: `pong <arg or "">`.
+        let arg = args.get(1).cloned().unwrap_or_default();
+        return Reply::Array(vec![Reply::bulk_static("pong"), Reply::Bulk(arg)]);
+    }
     match args.len() {
         1 => Reply::simple("PONG"),
         2 => Reply::Bulk(args[1].clone()),
@@ -146,6 +151,10 @@ fn reset(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
         ctx.client.info.in_multi.store(false, Ordering::Relaxed);
     }
     transactions::unwatch_all(ctx.server, ctx.client);
+    // As Redis: tracking off and every subscription dropped, without unsubscribe replies.
+    ctx.server.tracking.disable(ctx.client.id());
+    ctx.client.tracking = Default::default();
+    super::pubsub::unsubscribe_all(ctx.server, ctx.client);
     ctx.client.resp = RespVersion::Resp2;
     ctx.client.info.resp.store(2, Ordering::Relaxed);
     *ctx.client.info.name.lock() = None;

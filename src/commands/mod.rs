@@ -10,6 +10,7 @@ pub mod config;
 pub mod connection;
 pub mod hashes;
 pub mod keys;
+pub mod pubsub;
 pub mod server;
 pub mod strings;
 pub mod transactions;
@@ -162,6 +163,7 @@ pub fn all_commands() -> impl Iterator<Item = &'static CommandSpec> {
         strings::COMMANDS,
         hashes::COMMANDS,
         transactions::COMMANDS,
+        pubsub::COMMANDS,
         server::COMMANDS,
         client::COMMANDS,
         cluster::COMMANDS,
@@ -326,6 +328,11 @@ fn execute_spec(
     if let Some(cluster) = server.cluster.get() {
         if let Some(redirect) = crate::cluster::router::check(cluster, server, client, spec, &args) {
             return redirect;
+        }
+    }
+    if client.in_resp2_pubsub() {
+        if let Some(reply) = pubsub::refuse_in_subscribed_mode(spec) {
+            return reply;
         }
     }
     if spec.is_write() {

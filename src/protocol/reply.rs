@@ -46,6 +46,11 @@ pub enum Reply {
     Push(Vec<Reply>),
     /// Nothing at all: the connection closes without a reply (SHUTDOWN).
     NoReply,
+    /// Several frames, one after the other with no header (SUBSCRIBE of several channels
+    /// answers once per channel).
+    Frames(Vec<Reply>),
+    /// Bytes already encoded for this client (a Pub/Sub message to the publisher itself).
+    Raw(Bytes),
 }
 
 impl Reply {
@@ -122,6 +127,12 @@ impl Reply {
             }
             Reply::Verbatim(text) => bulk(out, text),
             Reply::NoReply => {}
+            Reply::Frames(items) => {
+                for item in items {
+                    item.encode(version, out);
+                }
+            }
+            Reply::Raw(b) => out.put_slice(b),
         }
     }
 }

@@ -363,6 +363,17 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_split_across_reads_keeps_its_arguments() {
+        let mut p = RequestParser::new();
+        let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$1\r\nk"[..]);
+        assert_eq!(p.next(&mut buf, &Limits::default()).unwrap(), None);
+        buf.extend_from_slice(b"\r\n$5\r\nvalue\r\n");
+        let args = p.next(&mut buf, &Limits::default()).unwrap().unwrap();
+        assert_eq!(args, vec![&b"SET"[..], b"k", b"value"]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
     fn empty_multibulk_and_blank_lines_are_skipped() {
         assert_eq!(parse_all(b"*0\r\n\r\n*-1\r\n").unwrap(), Vec::<Vec<Vec<u8>>>::new());
     }

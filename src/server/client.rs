@@ -49,6 +49,10 @@ pub struct ClientInfo {
     pub pushes: super::tracking::PushQueue,
     /// The ACL user name after AUTH, for CLIENT LIST's `user=`; None is `default`.
     pub user: Mutex<Option<String>>,
+    /// Channels subscribed to (CLIENT LIST `sub=`).
+    pub sub: AtomicU64,
+    /// Patterns subscribed to (CLIENT LIST `psub=`).
+    pub psub: AtomicU64,
 }
 
 impl ClientInfo {
@@ -65,6 +69,11 @@ impl ClientInfo {
         unsafe { p.as_ref() }.map(|s| s.name).unwrap_or("NULL")
     }
 
+    /// Channel and pattern subscriptions: above 0 the client is in Pub/Sub mode.
+    pub fn subscriptions(&self) -> u64 {
+        self.sub.load(Ordering::Relaxed) + self.psub.load(Ordering::Relaxed)
+    }
+
     /// Asks the connection to close.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
@@ -76,9 +85,18 @@ impl ClientInfo {
         let now = clock::now_ms();
         let name = self.name.lock().clone().unwrap_or_default();
         let (lib_name, lib_ver) = self.lib.lock().clone();
-        let multi = if self.in_multi.load(Ordering::Relaxed) { "x" } else { "N" };
+        let mut flags = String::new();
+        if self.subscriptions() > 0 {
+            flags.push('P');
+        }
+        if self.in_multi.load(Ordering::Relaxed) {
+            flags.push('x');
+        }
+        if flags.is_empty() {
+            flags.push('N');
+        }
         format!(
-            "id={} addr={} laddr={} fd=8 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 \
+            "id={} addr={} laddr={} fd=8 name={} age={} idle={} flags={} db=0 sub={} psub={} ssub=0 \
              multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 \
              tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
@@ -87,7 +105,9 @@ impl ClientInfo {
             String::from_utf8_lossy(&name),
             now.saturating_sub(self.created_ms) / 1000,
             now.saturating_sub(self.last_active_ms.load(Ordering::Relaxed)) / 1000,
-            multi,
+            flags,
+            self.sub.load(Ordering::Relaxed),
+            self.psub.load(Ordering::Relaxed),
             self.last_command_name(),
             self.user.lock().as_deref().unwrap_or("default"),
             self.resp.load(Ordering::Relaxed),
@@ -126,6 +146,8 @@ impl ClientRegistry {
             kill_signal: Notify::new(),
             pushes: Default::default(),
             user: Mutex::new(None),
+            sub: AtomicU64::new(0),
+            psub: AtomicU64::new(0),
         });
         self.clients.lock().insert(id, info.clone());
         info
@@ -199,6 +221,10 @@ pub struct ClientState {
     pub cluster: crate::cluster::ClientFlags,
     /// The ACL user after AUTH; None is the `default` user.
     pub user: Option<Arc<crate::acl::User>>,
+    /// Channels this connection subscribed to, in order (SUBSCRIBE).
+    pub channels: Vec<Bytes>,
+    /// Patterns this connection subscribed to, in order (PSUBSCRIBE).
+    pub patterns: Vec<Bytes>,
 }
 
 impl ClientState {
@@ -218,12 +244,20 @@ impl ClientState {
             tracking: Default::default(),
             cluster: Default::default(),
             user: None,
+            channels: Vec::new(),
+            patterns: Vec::new(),
         }
     }
 
     /// Whether a MULTI is open.
     pub fn in_multi(&self) -> bool {
         self.multi.is_some()
+    }
+
+    /// Whether the connection is in RESP2 Pub/Sub mode, where only (P)(UN)SUBSCRIBE, PING,
+    /// QUIT and RESET may run.
+    pub fn in_resp2_pubsub(&self) -> bool {
+        (!self.channels.is_empty() || !self.patterns.is_empty()) && self.resp == RespVersion::Resp2
     }
 
     /// Client id.

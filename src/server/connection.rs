@@ -47,6 +47,7 @@ pub fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, laddr: S
             debug!(client = id, error = %e, "connection closed with an error");
         }
         commands::transactions::unwatch_all(&server, &mut client);
+        commands::pubsub::unsubscribe_all(&server, &mut client);
         server.tracking.disable(id);
         server.clients.unregister(id);
     });

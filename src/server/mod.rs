@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod pubsub;
 pub mod tracking;
 
 use std::net::SocketAddr;
@@ -73,6 +74,8 @@ pub struct Server {
     pub addr: RwLock<Option<SocketAddr>>,
     /// CLIENT TRACKING state (also a keyspace change listener).
     pub tracking: Arc<tracking::Tracking>,
+    /// Pub/Sub subscriptions.
+    pub pubsub: pubsub::PubSub,
     /// Set when the node is about to stop or leave: it still serves, but the admin port's
     /// `/ready` answers 503 so orchestrators and load balancers move clients away first.
     pub draining: std::sync::atomic::AtomicBool,
@@ -110,6 +113,12 @@ impl Server {
             tracing::error!(error = %e, "invalid ACL configuration: the default user is off");
             crate::acl::Acl::locked()
         });
+        let limits =
+            Arc::new(pubsub::OutputLimits::parse(&config.client_output_buffer_limit).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "invalid client-output-buffer-limit: Redis's defaults apply");
+                pubsub::OutputLimits::parse(crate::config::DEFAULT_OUTPUT_BUFFER_LIMIT)
+                    .expect("valid default")
+            }));
         let server = Server {
             acl,
             maxmemory: AtomicU64::new(config.maxmemory),
@@ -127,7 +136,8 @@ impl Server {
             run_id,
             shutdown: CancellationToken::new(),
             addr: RwLock::new(None),
-            tracking: Arc::new(tracking::Tracking::default()),
+            tracking: Arc::new(tracking::Tracking::new(limits.clone())),
+            pubsub: pubsub::PubSub::new(limits),
             draining: Default::default(),
             command_stats: Default::default(),
             persistence: std::sync::OnceLock::new(),

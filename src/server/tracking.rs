@@ -12,18 +12,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::pubsub::{self, Limit, OutputLimits};
 use super::ClientInfo;
 use crate::commands::CommandSpec;
-use crate::protocol::RespVersion;
 use crate::store::keyspace::{Change, ChangeListener};
 
 /// Most keys the default-mode table remembers (Redis's `tracking-table-max-keys`); past it,
 /// the oldest-remembered keys are invalidated and forgotten, so memory stays bounded.
 pub const MAX_TRACKED_KEYS: usize = 1_000_000;
-
-/// Pushes waiting for one connection beyond this many bytes close it, as Redis's output
-/// buffer limits do: a client that does not read cannot grow the node's memory.
-pub const MAX_PENDING_PUSH_BYTES: usize = 32 * 1024 * 1024;
 
 thread_local! {
     /// The client whose command is running on this thread (0: none), for NOLOOP.
@@ -60,22 +56,34 @@ struct Pending {
     /// Length of the last frame queued, to drop an identical one queued right after it (a
     /// command that changes one key twice, as a BCAST client would otherwise see twice).
     last_len: usize,
+    /// Since when the pending bytes exceed the soft limit.
+    over_soft_since: Option<std::time::Instant>,
 }
 
 impl PushQueue {
-    /// Queues `frame`; false when the queue is over its limit (the caller closes the client).
-    pub fn push(&self, frame: &[u8]) -> bool {
+    /// Queues `frame` (`dedup`: unless it repeats the frame queued last); false when that
+    /// takes the queue past `limit` (the caller closes the client).
+    pub fn push(&self, frame: &[u8], dedup: bool, limit: Limit) -> bool {
         let mut p = self.pending.lock();
         let n = p.bytes.len();
-        if p.last_len == frame.len() && n >= frame.len() && &p.bytes[n - frame.len()..] == frame {
+        if dedup && p.last_len == frame.len() && n >= frame.len() && &p.bytes[n - frame.len()..] == frame {
             return true;
         }
-        if n + frame.len() > MAX_PENDING_PUSH_BYTES {
+        let after = (n + frame.len()) as u64;
+        if limit.hard > 0 && after > limit.hard {
             return false;
+        }
+        if limit.soft > 0 && after > limit.soft {
+            let since = *p.over_soft_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > std::time::Duration::from_secs(limit.soft_secs) {
+                return false;
+            }
+        } else {
+            p.over_soft_since = None;
         }
         let was_empty = n == 0;
         p.bytes.put_slice(frame);
-        p.last_len = frame.len();
+        p.last_len = if dedup { frame.len() } else { 0 };
         drop(p);
         if was_empty {
             self.signal.notify_one();
@@ -95,6 +103,7 @@ impl PushQueue {
             out.put_slice(&p.bytes);
             p.bytes.clear();
             p.last_len = 0;
+            p.over_soft_since = None;
         }
     }
 }
@@ -144,14 +153,20 @@ struct Tables {
 }
 
 /// The node's tracking state.
-#[derive(Default)]
 pub struct Tracking {
     /// Number of clients with tracking on: the listener's fast path.
     active: AtomicUsize,
     tables: Mutex<Tables>,
+    /// Output bounds of the clients invalidations go to.
+    limits: Arc<OutputLimits>,
 }
 
 impl Tracking {
+    /// No client tracking; pushes bounded by `limits`.
+    pub fn new(limits: Arc<OutputLimits>) -> Tracking {
+        Tracking { active: AtomicUsize::new(0), tables: Mutex::new(Tables::default()), limits }
+    }
+
     /// Whether any client tracks (one atomic load).
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Acquire) > 0
@@ -211,7 +226,7 @@ impl Tracking {
         while t.keys.len() > MAX_TRACKED_KEYS {
             let Some(oldest) = t.order.pop_front() else { break };
             if let Some(ids) = t.keys.remove(&oldest) {
-                Self::send_key(&t.clients, &ids, &oldest, 0);
+                Self::send_key(&self.limits, &t.clients, &ids, &oldest, 0);
             }
         }
     }
@@ -225,7 +240,7 @@ impl Tracking {
                 let Tables { keys, order, .. } = &mut *t;
                 order.retain(|k| keys.contains_key(k));
             }
-            Self::send_key(&t.clients, &ids, key, current);
+            Self::send_key(&self.limits, &t.clients, &ids, key, current);
         }
         if !t.prefixes.is_empty() {
             let mut sent: HashSet<u64> = HashSet::new();
@@ -236,7 +251,7 @@ impl Tracking {
                 for id in ids {
                     if let Some(c) = t.clients.get(id) {
                         if !(c.noloop && *id == current) && sent.insert(*id) {
-                            deliver(c, Some(key));
+                            deliver(&self.limits, c, Some(key));
                         }
                     }
                 }
@@ -244,47 +259,54 @@ impl Tracking {
         }
     }
 
-    fn send_key(clients: &HashMap<u64, Tracked>, ids: &HashSet<u64>, key: &[u8], current: u64) {
+    fn send_key(
+        limits: &OutputLimits,
+        clients: &HashMap<u64, Tracked>,
+        ids: &HashSet<u64>,
+        key: &[u8],
+        current: u64,
+    ) {
         for id in ids {
             let Some(c) = clients.get(id) else { continue };
             if c.bcast || (c.noloop && *id == current) {
                 continue;
             }
-            deliver(c, Some(key));
+            deliver(limits, c, Some(key));
         }
     }
 }
 
-/// Writes one invalidation (`None`: everything, after FLUSHALL) to `c`'s target.
-fn deliver(c: &Tracked, key: Option<&[u8]>) {
+/// Writes one invalidation (`None`: everything, after FLUSHALL) to `c`'s target: a RESP3
+/// push, or for a RESP2 redirect target in Pub/Sub mode a message on `__redis__:invalidate`,
+/// exactly as Redis's `sendTrackingMessage`.
+fn deliver(limits: &OutputLimits, c: &Tracked, key: Option<&[u8]>) {
     if c.redirect != 0 && c.target.killed.load(Ordering::Acquire) {
         // Redis's `tracking-redir-broken` notice, to the client itself in RESP3.
         if c.own.resp.load(Ordering::Relaxed) == 3 {
             let mut out = BytesMut::new();
             out.put_slice(b">2\r\n$21\r\ntracking-redir-broken\r\n");
             out.put_slice(format!(":{}\r\n", c.redirect).as_bytes());
-            send(&c.own, &out);
+            send(limits, &c.own, &out);
         }
         return;
     }
-    // RESP2 has no pushes: Redis sends nothing there (its Pub/Sub redirect form is not built).
-    if c.target.resp.load(Ordering::Relaxed) != 3 {
-        return;
+    // A flush's null is in the tracking client's protocol, not the target's (as Redis).
+    let own_v3 = c.own.resp.load(Ordering::Relaxed) == 3;
+    if c.target.resp.load(Ordering::Relaxed) == 3 {
+        send(limits, &c.target, &invalidate_frame(key, own_v3));
+    } else if c.redirect != 0 && c.target.subscriptions() > 0 {
+        send(limits, &c.target, &pubsub::invalidate_message(&invalidate_value(key, own_v3)));
     }
-    send(&c.target, &invalidate_frame(key, RespVersion::Resp3));
+    // Otherwise RESP2 without a subscribed redirect target: nothing can carry it.
 }
 
-fn send(to: &ClientInfo, frame: &[u8]) {
-    if !to.pushes.push(frame) {
-        tracing::warn!(client = to.id, "closing client whose pending invalidations reached the limit");
-        to.kill();
-    }
+fn send(limits: &OutputLimits, to: &ClientInfo, frame: &[u8]) {
+    pubsub::push_to(to, frame, true, limits.for_client(to));
 }
 
-/// `>2 invalidate [key]`, or `>2 invalidate _` for a flush.
-pub fn invalidate_frame(key: Option<&[u8]>, _version: RespVersion) -> BytesMut {
-    let mut out = BytesMut::with_capacity(32 + key.map_or(0, |k| k.len()));
-    out.put_slice(b">2\r\n$10\r\ninvalidate\r\n");
+/// The value part of an invalidation: `*1 key`, or a null for a flush.
+fn invalidate_value(key: Option<&[u8]>, null_v3: bool) -> BytesMut {
+    let mut out = BytesMut::with_capacity(16 + key.map_or(0, |k| k.len()));
     match key {
         Some(k) => {
             out.put_slice(b"*1\r\n$");
@@ -293,11 +315,21 @@ pub fn invalidate_frame(key: Option<&[u8]>, _version: RespVersion) -> BytesMut {
             out.put_slice(k);
             out.put_slice(b"\r\n");
         }
-        None => out.put_slice(b"_\r\n"),
+        None if null_v3 => out.put_slice(b"_\r\n"),
+        None => out.put_slice(b"$-1\r\n"),
     }
     out
 }
 
+/// `>2 invalidate [key]`, or `>2 invalidate <null>` for a flush (`_`, or `$-1` when the
+/// tracking client speaks RESP2).
+pub fn invalidate_frame(key: Option<&[u8]>, null_v3: bool) -> BytesMut {
+    let value = invalidate_value(key, null_v3);
+    let mut out = BytesMut::with_capacity(24 + value.len());
+    out.put_slice(b">2\r\n$10\r\ninvalidate\r\n");
+    out.put_slice(&value);
+    out
+}
 impl ChangeListener for Tracking {
     fn changed(&self, change: &Change<'_>) {
         if self.is_active() {
@@ -313,7 +345,7 @@ impl ChangeListener for Tracking {
         t.keys.clear();
         t.order.clear();
         for c in t.clients.values() {
-            deliver(c, None);
+            deliver(&self.limits, c, None);
         }
     }
 }

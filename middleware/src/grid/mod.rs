@@ -6,6 +6,7 @@
 mod embedded;
 mod near;
 mod remote;
+mod tracked;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -56,7 +57,8 @@ pub struct GridConfig {
     /// Longest reconnect delay.
     pub max_backoff: Duration,
     /// Near cache of session reads (moka), kept correct by CLIENT TRACKING pushes; off by
-    /// default. Single topology only.
+    /// default. With [`Topology::Cluster`], cached reads use a tracking connection per
+    /// primary of their own (the cluster client cannot deliver pushes).
     pub near_cache: Option<NearCacheConfig>,
 }
 
@@ -145,6 +147,15 @@ impl Grid {
         }
     }
 
+    /// Runs `cmds` in one round trip, not atomically; one value per command.
+    pub async fn pipeline(&self, cmds: &[redis::Cmd]) -> Result<Vec<redis::Value>, GridError> {
+        match self {
+            Grid::Remote(r) => r.pipeline(cmds).await,
+            // In process there is no round trip to save: a transaction costs nothing more.
+            Grid::Embedded(e) => e.transaction(cmds),
+        }
+    }
+
     /// HGETALL `key` as field/value pairs, served from the near cache when it is on.
     pub async fn hgetall(&self, key: &str) -> Result<Arc<Vec<(String, bytes::Bytes)>>, GridError> {
         match self {
@@ -193,6 +204,15 @@ impl Grid {
 #[derive(Default)]
 pub(crate) struct Listeners {
     list: parking_lot::RwLock<Vec<Weak<dyn Invalidate>>>,
+}
+
+impl near::Invalidate for Listeners {
+    fn invalidate(&self, key: &[u8]) {
+        Listeners::invalidate(self, key)
+    }
+    fn clear(&self) {
+        Listeners::clear(self)
+    }
 }
 
 impl Listeners {

@@ -14,6 +14,7 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::Mutex;
 
 use super::near::{Hash, Invalidate, NearCache};
+use super::tracked::{is_redirect, TrackedNodes};
 use super::{classify, pairs, GridConfig, GridError, Listeners, Topology};
 
 #[derive(Clone)]
@@ -38,7 +39,12 @@ struct State {
 pub struct RemoteGrid {
     config: GridConfig,
     state: Mutex<State>,
+    /// The current connection, its generation and whether it tracks, read without awaiting
+    /// the state lock (the fast path of every call); `None` while there is none.
+    current: parking_lot::RwLock<Option<(Conn, u64, bool)>>,
     near: Option<Arc<NearCache<Hash>>>,
+    /// Cluster topology with a near cache: the per-node tracking connections cached reads use.
+    tracked: Option<TrackedNodes>,
     /// Near caches told of every invalidation pushed on the tracking connection.
     listeners: Arc<Listeners>,
     /// Whether a listener asked for tracking after the connection was made without it.
@@ -53,16 +59,19 @@ impl RemoteGrid {
         if config.urls.is_empty() {
             return Err(GridError::Unavailable("no grid URL given".into()));
         }
-        if config.near_cache.is_some() && config.topology == Topology::Cluster {
-            return Err(GridError::Unavailable("the near cache needs a single-node topology".into()));
-        }
         let near = config.near_cache.as_ref().map(|c| Arc::new(NearCache::new(c)));
         let listeners = Arc::new(Listeners::default());
         if let Some(near) = &near {
             let weak: std::sync::Weak<dyn Invalidate> = Arc::downgrade(near) as _;
             listeners.add(weak);
         }
+        let tracked = match (&near, &config.topology) {
+            (Some(near), Topology::Cluster) => Some(TrackedNodes::new(near.clone(), config.clone())),
+            _ => None,
+        };
         Ok(RemoteGrid {
+            tracked,
+            current: parking_lot::RwLock::new(None),
             wants_tracking: AtomicBool::new(near.is_some()),
             config,
             state: Mutex::new(State {
@@ -98,6 +107,11 @@ impl RemoteGrid {
     }
 
     async fn conn(&self) -> Result<(Conn, u64), GridError> {
+        if let Some((c, g, tracked)) = &*self.current.read() {
+            if *tracked || !self.tracking() {
+                return Ok((c.clone(), *g));
+            }
+        }
         let mut st = self.state.lock().await;
         if let Some(c) = &st.conn {
             if st.tracked || !self.tracking() {
@@ -105,6 +119,7 @@ impl RemoteGrid {
             }
             // Tracking was asked for since: a new connection, with it.
             st.conn = None;
+            *self.current.write() = None;
         }
         if let Some(at) = st.retry_at {
             if Instant::now() < at {
@@ -118,6 +133,7 @@ impl RemoteGrid {
                 st.failures = 0;
                 st.retry_at = None;
                 st.generation += 1;
+                *self.current.write() = Some((c.clone(), st.generation, tracked));
                 if self.down.swap(false, Ordering::AcqRel) {
                     tracing::info!(urls = ?self.config.urls, "grid reachable again");
                 }
@@ -162,7 +178,7 @@ impl RemoteGrid {
                     info.redis.protocol = redis::ProtocolVersion::RESP3;
                     let listeners = self.listeners.clone();
                     acc = acc.set_push_sender(move |p: PushInfo| {
-                        on_push(&listeners, p);
+                        on_push(&*listeners, p);
                         Ok::<(), std::convert::Infallible>(())
                     });
                 }
@@ -217,6 +233,7 @@ impl RemoteGrid {
                 return;
             }
             st.conn = None;
+            *self.current.write() = None;
             st.failures = st.failures.saturating_add(1);
             st.retry_at = Some(Instant::now() + self.backoff(st.failures));
             self.listeners.clear();
@@ -224,15 +241,15 @@ impl RemoteGrid {
         }
     }
 
+    /// Awaits a call, forgetting the connection if it failed. The reply timeout is the
+    /// connection's own (`response_timeout`, given to the `redis` crate at connect), so no
+    /// timer is armed here per call.
     async fn timed<T>(
         &self,
         generation: u64,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, GridError> {
-        let r = match tokio::time::timeout(self.config.response_timeout, f).await {
-            Ok(r) => r.map_err(classify),
-            Err(_) => Err(GridError::Unavailable("reply timed out".into())),
-        };
+        let r = f.await.map_err(classify);
         if let Err(e) = &r {
             self.broken(e, generation).await;
         }
@@ -249,8 +266,20 @@ impl RemoteGrid {
 
     /// Runs `cmds` as one MULTI/EXEC transaction; one value per command.
     pub async fn transaction(&self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, GridError> {
+        self.pipelined(cmds, true).await
+    }
+
+    /// Sends `cmds` in one write and reads their replies (not atomic: others' commands may
+    /// run between them); one value per command, error replies included.
+    pub async fn pipeline(&self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, GridError> {
+        self.pipelined(cmds, false).await
+    }
+
+    async fn pipelined(&self, cmds: &[redis::Cmd], atomic: bool) -> Result<Vec<Value>, GridError> {
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        if atomic {
+            pipe.atomic();
+        }
         for c in cmds {
             pipe.add_command(c.clone());
         }
@@ -270,6 +299,9 @@ impl RemoteGrid {
         let Some(near) = &self.near else {
             return Ok(Arc::new(pairs(self.query(redis::cmd("HGETALL").arg(key)).await?)?));
         };
+        if let Some(tracked) = &self.tracked {
+            return self.hgetall_cluster(near, tracked, key).await;
+        }
         let epoch = near.epoch();
         if let Some(hit) = near.get(key) {
             if !self.config.near_cache.as_ref().is_some_and(|c| c.confirm_hits) {
@@ -286,6 +318,76 @@ impl RemoteGrid {
         Ok(v)
     }
 
+    /// HGETALL through the near cache over a cluster: on the tracking connection of the node
+    /// that serves `key` (see [`TrackedNodes`]); uncached through the cluster client when that
+    /// node is not known or the slot moved.
+    async fn hgetall_cluster(
+        &self,
+        near: &NearCache<Hash>,
+        tracked: &TrackedNodes,
+        key: &str,
+    ) -> Result<Arc<Vec<(String, bytes::Bytes)>>, GridError> {
+        let uncached = || async { Ok(Arc::new(pairs(self.query(redis::cmd("HGETALL").arg(key)).await?)?)) };
+        if !tracked.has_slots().await {
+            let slots = self.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
+            tracked.set_slots(slots).await?;
+        }
+        let Ok(Some(mut node)) = tracked.conn_for(key).await else { return uncached().await };
+        let epoch = near.epoch();
+        let timeout = self.config.response_timeout;
+        let call = |conn: &mut MultiplexedConnection, cmd: redis::Cmd| {
+            let mut conn = conn.clone();
+            async move {
+                match tokio::time::timeout(timeout, conn.req_packed_command(&cmd)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        Err(redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))
+                    }
+                }
+            }
+        };
+        let hit = near.get(key);
+        let confirm = self.config.near_cache.as_ref().is_some_and(|c| c.confirm_hits);
+        if let (Some(hit), false) = (&hit, confirm) {
+            return Ok(hit.clone());
+        }
+        let result = async {
+            if let Some(hit) = hit {
+                // The barrier, on the connection that carries this key's invalidations.
+                call(&mut node.conn, redis::cmd("PING")).await?;
+                if near.confirms(key, &hit) {
+                    return Ok((hit, false));
+                }
+            }
+            let v = call(&mut node.conn, redis::cmd("HGETALL").arg(key).clone()).await?;
+            let v = pairs(v).map_err(|_| {
+                redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected HGETALL reply"))
+            })?;
+            Ok::<_, redis::RedisError>((Arc::new(v), true))
+        }
+        .await;
+        match result {
+            Ok((v, read)) => {
+                if read {
+                    near.fill(key, epoch, v.clone());
+                }
+                Ok(v)
+            }
+            Err(e) if is_redirect(&e) => {
+                tracked.forget_slots().await;
+                uncached().await
+            }
+            Err(e) => {
+                let e = classify(e);
+                if matches!(e, GridError::Unavailable(_)) {
+                    tracked.broken(&node).await;
+                    return uncached().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Drops `key` from the near cache.
     pub async fn forget(&self, key: &str) {
         if let Some(near) = &self.near {
@@ -296,7 +398,7 @@ impl RemoteGrid {
 
 /// Handles one push from the grid: invalidations drop near-cache entries; a disconnect drops
 /// everything (the connection is re-made, with tracking, on the next call).
-fn on_push(listeners: &Listeners, p: PushInfo) {
+pub(super) fn on_push(listeners: &dyn Invalidate, p: PushInfo) {
     match p.kind {
         PushKind::Invalidate => match p.data.into_iter().next() {
             Some(Value::Array(keys)) => {

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::Expiry;
+
 pub use cookie::{Key, SameSite};
 
 /// What the layer does when the grid cannot be reached.
@@ -37,8 +39,10 @@ pub struct SessionConfig {
     pub idle_timeout: Option<Duration>,
     /// Absolute lifetime from creation (default 24 hours); `None`: none.
     pub absolute_timeout: Option<Duration>,
-    /// A request that changes nothing refreshes the idle expiry at most this often (default
-    /// 60 s), so reads do not each cost a grid write.
+    /// The idle expiry (grid TTL and cookie `Max-Age`) moves at most this often (default
+    /// 60 s): a request within the interval, reading or writing, leaves it where it is, so
+    /// reads cost no grid write and writes no PEXPIREAT or Set-Cookie. A session may so end
+    /// up to this much before `idle_timeout` after its last request.
     pub refresh_interval: Duration,
     /// Grid key prefix (default `session:`); keys are `{prefix}{ID}` with the id as hash tag.
     pub key_prefix: String,
@@ -116,14 +120,32 @@ impl SessionConfig {
         self
     }
 
-    /// When a session created at `created_ms` and last touched at `touched_ms` expires (unix
-    /// ms), or `None` if it never does.
-    pub(crate) fn expires_at(&self, created_ms: u64, touched_ms: u64) -> Option<u64> {
-        let idle = self.idle_timeout.map(|d| touched_ms + d.as_millis() as u64);
-        let abs = self.absolute_timeout.map(|d| created_ms + d.as_millis() as u64);
-        match (idle, abs) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// When a session created at `created_ms`, last touched at `touched_ms` and with its own
+    /// `expiry` (if set) expires (unix ms), or `None` if it never does.
+    pub(crate) fn expires_at(
+        &self,
+        expiry: Option<&Expiry>,
+        created_ms: u64,
+        touched_ms: u64,
+    ) -> Option<u64> {
+        let sliding = match expiry {
+            None | Some(Expiry::OnSessionEnd) => self.idle_timeout.map(|d| d.as_millis() as u64),
+            Some(Expiry::OnInactivity(d)) => Some(d.whole_milliseconds().max(0) as u64),
+            Some(Expiry::AtDateTime(_)) => None,
+        };
+        let candidates = [
+            sliding.map(|d| touched_ms + d),
+            match expiry {
+                Some(Expiry::AtDateTime(t)) => Some(unix_ms(t)),
+                _ => None,
+            },
+            self.absolute_timeout.map(|d| created_ms + d.as_millis() as u64),
+        ];
+        candidates.into_iter().flatten().min()
     }
+}
+
+/// `t` as unix milliseconds (0 before 1970).
+pub(crate) fn unix_ms(t: &time::OffsetDateTime) -> u64 {
+    (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64
 }

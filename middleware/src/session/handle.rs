@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::SessionId;
+use super::{Expiry, SessionId};
 
 /// Why a session call failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,10 @@ pub(crate) struct State {
     pub touched_ms: u64,
     /// False when the grid could not be reached: nothing is saved.
     pub available: bool,
+    /// This session's own expiry (`None`: the layer's idle timeout).
+    pub expiry: Option<Expiry>,
+    /// `set_expiry` changed it: the response saves it and re-sends the cookie.
+    pub expiry_dirty: bool,
 }
 
 /// The session of the current request. Cheap to clone; every clone is the same session.
@@ -147,6 +151,44 @@ impl Session {
     /// fixation). The old id stops working when the response is saved.
     pub async fn cycle_id(&self) {
         self.state.lock().cycle = true;
+    }
+
+    /// Sets how this session expires, as tower-sessions' `Session::set_expiry`; it is stored
+    /// with the session and applies to later requests too:
+    ///
+    /// - `None`: the layer's [`idle_timeout`](super::SessionConfig::idle_timeout) (default);
+    /// - `Some(Expiry::OnInactivity(d))`: sliding expiry after `d` without a request, instead
+    ///   of the layer's idle timeout (refreshed as the idle timeout is, at most once per
+    ///   [`refresh_interval`](super::SessionConfig::refresh_interval)); the cookie's
+    ///   `Max-Age` is `d`;
+    /// - `Some(Expiry::AtDateTime(t))`: at `t` however active the session is; the cookie
+    ///   gets `Expires=t` and the matching `Max-Age`;
+    /// - `Some(Expiry::OnSessionEnd)`: a browser-session cookie (no `Max-Age`, no `Expires`);
+    ///   the grid still drops the session after the layer's idle timeout.
+    ///
+    /// The layer's [`absolute_timeout`](super::SessionConfig::absolute_timeout) caps every
+    /// choice: it is a security bound a handler cannot lift.
+    ///
+    /// ```
+    /// use cachegrid_middleware::session::{Expiry, Session};
+    ///
+    /// async fn remember_me(session: Session) {
+    ///     session.set_expiry(Some(Expiry::OnInactivity(time::Duration::days(30))));
+    ///     session.insert("remember", true).await.unwrap();
+    /// }
+    /// ```
+    pub fn set_expiry(&self, expiry: Option<Expiry>) {
+        let mut s = self.state.lock();
+        if s.expiry != expiry {
+            s.expiry = expiry;
+            s.expiry_dirty = true;
+        }
+    }
+
+    /// This session's own expiry, as set by [`Session::set_expiry`] in this or an earlier
+    /// request; `None` when the layer's idle timeout applies.
+    pub fn expiry(&self) -> Option<Expiry> {
+        self.state.lock().expiry
     }
 
     /// Destroys the session: its data in the grid and the cookie.

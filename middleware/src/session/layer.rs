@@ -13,9 +13,10 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::config::unix_ms;
 use super::handle::State;
-use super::store::{SessionStore, SessionWrite, CREATED, KEY_FIELD, TOUCHED};
-use super::{OnUnavailable, Session, SessionConfig, SessionId};
+use super::store::{SessionStore, SessionWrite, CREATED, EXPIRY, KEY_FIELD, TOUCHED};
+use super::{Expiry, OnUnavailable, Session, SessionConfig, SessionId};
 use crate::grid::GridError;
 
 /// Adds a [`Session`] to every request, kept in `store`.
@@ -175,13 +176,18 @@ async fn load<S: SessionStore>(
             state.created_ms = parse_ms(v).unwrap_or(0);
         } else if f == TOUCHED {
             state.touched_ms = parse_ms(v).unwrap_or(0);
+        } else if f == EXPIRY {
+            state.expiry = decode_expiry(v);
         }
     }
     if state.created_ms == 0 {
         // Unknown (or a partial hash left by a write racing its expiry): start over.
         return Ok(fresh);
     }
-    if config.expires_at(state.created_ms, state.touched_ms).is_some_and(|at| at <= now_ms()) {
+    if config
+        .expires_at(state.expiry.as_ref(), state.created_ms, state.touched_ms)
+        .is_some_and(|at| at <= now_ms())
+    {
         let _ = store.delete(&id).await;
         return Ok(fresh);
     }
@@ -208,17 +214,27 @@ async fn save<S: SessionStore>(
             None => Ok(None),
         };
     }
+    let expiry = s.expiry.as_ref();
     let meta = |created: u64| {
-        vec![
+        let mut set = vec![
             (CREATED.to_owned(), Bytes::from(created.to_string())),
             (TOUCHED.to_owned(), Bytes::from(now.to_string())),
-        ]
+        ];
+        set.extend(expiry.map(|e| (EXPIRY.to_owned(), encode_expiry(e))));
+        set
     };
     let full = |created: u64| {
         let mut set = meta(created);
         set.extend(s.data.iter().map(|(k, v)| (format!("{KEY_FIELD}{k}"), v.clone())));
-        SessionWrite { replace: true, set, del: Vec::new(), expire_at_ms: config.expires_at(created, now) }
+        SessionWrite {
+            replace: true,
+            set,
+            del: Vec::new(),
+            expire_at_ms: config.expires_at(expiry, created, now),
+            keep_expiry: false,
+        }
     };
+    let cookie = |id: SessionId| set_cookie(config, id, expiry, now);
     match s.id {
         None => {
             // Nothing is stored (and no cookie set) until something is inserted.
@@ -227,26 +243,40 @@ async fn save<S: SessionStore>(
             }
             let id = SessionId::random();
             store.write(&id, &full(now)).await?;
-            Ok(Some(set_cookie(config, id)))
+            Ok(Some(cookie(id)))
         }
         Some(old) if s.cycle => {
             let id = SessionId::random();
             store.write(&id, &full(s.created_ms)).await?;
             store.delete(&old).await?;
-            Ok(Some(set_cookie(config, id)))
+            Ok(Some(cookie(id)))
         }
         Some(id) if s.cleared => {
             store.write(&id, &full(s.created_ms)).await?;
-            Ok(Some(set_cookie(config, id)))
+            Ok(Some(cookie(id)))
         }
         Some(id) => {
             let refresh_due = now.saturating_sub(s.touched_ms) >= config.refresh_interval.as_millis() as u64;
-            if s.dirty.is_empty() && !refresh_due {
+            if s.dirty.is_empty() && !refresh_due && !s.expiry_dirty {
                 return Ok(None);
             }
-            let mut w =
-                SessionWrite { expire_at_ms: config.expires_at(s.created_ms, now), ..Default::default() };
-            w.set.push((TOUCHED.to_owned(), Bytes::from(now.to_string())));
+            // The idle expiry (grid TTL, `m:t`, cookie) moves at most once per refresh interval;
+            // a change in between only writes its fields.
+            let refresh = refresh_due || s.expiry_dirty;
+            let mut w = SessionWrite {
+                expire_at_ms: config.expires_at(expiry, s.created_ms, now),
+                keep_expiry: !refresh,
+                ..Default::default()
+            };
+            if refresh {
+                w.set.push((TOUCHED.to_owned(), Bytes::from(now.to_string())));
+            }
+            if s.expiry_dirty {
+                match expiry {
+                    Some(e) => w.set.push((EXPIRY.to_owned(), encode_expiry(e))),
+                    None => w.del.push(EXPIRY.to_owned()),
+                }
+            }
             for (k, set) in &s.dirty {
                 let field = format!("{KEY_FIELD}{k}");
                 match (set, s.data.get(k)) {
@@ -256,7 +286,7 @@ async fn save<S: SessionStore>(
             }
             store.write(&id, &w).await?;
             // The cookie's Max-Age follows the idle expiry, so it is re-sent when that moves.
-            Ok(Some(set_cookie(config, id)))
+            Ok(refresh.then(|| cookie(id)))
         }
     }
 }
@@ -274,10 +304,47 @@ fn base_cookie(config: &SessionConfig, value: String) -> Cookie<'static> {
     c
 }
 
-fn set_cookie(config: &SessionConfig, id: SessionId) -> String {
+/// A session's own expiry as stored in its hash: `s`, `i<ms>` or `a<unix ms>`.
+fn encode_expiry(e: &Expiry) -> Bytes {
+    Bytes::from(match e {
+        Expiry::OnSessionEnd => "s".to_owned(),
+        Expiry::OnInactivity(d) => format!("i{}", d.whole_milliseconds()),
+        Expiry::AtDateTime(t) => format!("a{}", unix_ms(t)),
+    })
+}
+
+fn decode_expiry(b: &[u8]) -> Option<Expiry> {
+    let s = std::str::from_utf8(b).ok()?;
+    let (kind, n) = s.split_at_checked(1)?;
+    match kind {
+        "s" => Some(Expiry::OnSessionEnd),
+        "i" => Some(Expiry::OnInactivity(time::Duration::milliseconds(n.parse().ok()?))),
+        "a" => {
+            let ms: i128 = n.parse().ok()?;
+            time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).ok().map(Expiry::AtDateTime)
+        }
+        _ => None,
+    }
+}
+
+/// The session cookie for `id`: its lifetime follows the session's expiry (the layer's idle
+/// timeout by default), none for a browser-session cookie.
+fn set_cookie(config: &SessionConfig, id: SessionId, expiry: Option<&Expiry>, now_ms: u64) -> String {
     let mut c = base_cookie(config, id.to_string());
-    if let Some(idle) = config.idle_timeout {
-        c.set_max_age(cookie::time::Duration::seconds(idle.as_secs() as i64));
+    let secs = |s: i64| cookie::time::Duration::seconds(s.max(0));
+    match expiry {
+        None => {
+            if let Some(idle) = config.idle_timeout {
+                c.set_max_age(secs(idle.as_secs() as i64));
+            }
+        }
+        Some(Expiry::OnInactivity(d)) => c.set_max_age(secs(d.whole_seconds())),
+        Some(Expiry::AtDateTime(t)) => {
+            c.set_expires(*t);
+            // Rounded up: the cookie never dies before its session.
+            c.set_max_age(secs((unix_ms(t) as i64 - now_ms as i64 + 999).div_euclid(1000)));
+        }
+        Some(Expiry::OnSessionEnd) => {}
     }
     if let Some(key) = config.signing_keys.first() {
         let mut jar = CookieJar::new();

@@ -5,8 +5,11 @@
 //!
 //! Layout: one hash per session, `{prefix}{ID}` (the braces make the id the hash tag, so a
 //! session stays on one slot), one field `k:<name>` per session key plus `m:c` (created, unix
-//! ms) and `m:t` (last refresh). A write sends only changed fields (HSET/HDEL) in one
-//! MULTI/EXEC with the new PEXPIREAT.
+//! ms), `m:t` (last refresh) and, when the handler
+//! set one, `m:x` (the session's own expiry). A write sends only changed fields (HSET/HDEL)
+//! and the new PEXPIREAT in one round trip: pipelined for an update, in MULTI/EXEC for a new
+//! or replaced hash. An update between two idle-expiry refreshes leaves the expiry alone
+//! (`PEXPIREAT .. NX` only guards a hash the write re-created).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +24,8 @@ use crate::grid::{EmbeddedGrid, Grid, GridConfig, GridError};
 pub(crate) const CREATED: &str = "m:c";
 /// Field holding the last idle-expiry refresh.
 pub(crate) const TOUCHED: &str = "m:t";
+/// Field holding the session's own expiry ([`Session::set_expiry`](super::Session::set_expiry)).
+pub(crate) const EXPIRY: &str = "m:x";
 /// Prefix of a session key's field.
 pub(crate) const KEY_FIELD: &str = "k:";
 
@@ -35,6 +40,9 @@ pub struct SessionWrite {
     pub del: Vec<String>,
     /// New expiry (unix ms); `None`: no expiry.
     pub expire_at_ms: Option<u64>,
+    /// Leave the hash's expiry as it is: `expire_at_ms` is then only given to a hash that
+    /// has none (one the write created because the session expired since it was loaded).
+    pub keep_expiry: bool,
 }
 
 /// The storage the session layer needs: load a session's fields, write back a change, delete.
@@ -92,11 +100,20 @@ impl GridStore {
             }
             cmds.push(c);
         }
-        match w.expire_at_ms {
-            Some(at) => cmds.push(redis::cmd("PEXPIREAT").arg(&key).arg(at).clone()),
-            None => cmds.push(redis::cmd("PERSIST").arg(&key).clone()),
+        match (w.expire_at_ms, w.keep_expiry) {
+            (Some(at), false) => cmds.push(redis::cmd("PEXPIREAT").arg(&key).arg(at).clone()),
+            (Some(at), true) => cmds.push(redis::cmd("PEXPIREAT").arg(&key).arg(at).arg("NX").clone()),
+            (None, false) => cmds.push(redis::cmd("PERSIST").arg(&key).clone()),
+            (None, true) => {}
         }
-        let out = self.grid.transaction(&cmds).await;
+        // A new or replaced hash is written atomically (no reader sees it without its expiry).
+        // An update is only pipelined: HSET/HDEL keep the key's expiry, so a PEXPIREAT that
+        // never ran (a connection lost between them) leaves the previous expiry, and the node
+        // saves MULTI, EXEC and their queueing. (Had the hash expired since the load, HSET
+        // makes a new one without `m:c`, which is never loaded as a session, and the
+        // PEXPIREAT, NX or not, gives it an expiry.)
+        let out =
+            if w.replace { self.grid.transaction(&cmds).await } else { self.grid.pipeline(&cmds).await };
         self.grid.forget(&key).await;
         for v in out? {
             if let Value::ServerError(e) = v {

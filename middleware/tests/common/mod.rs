@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use cachegrid_middleware::grid::{EmbeddedGrid, Grid, GridConfig};
 use cachegrid_middleware::session::{
-    EmbeddedStore, RemoteStore, Session, SessionConfig, SessionLayer, SessionStore,
+    EmbeddedStore, Expiry, RemoteStore, Session, SessionConfig, SessionLayer, SessionStore,
 };
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -35,7 +35,7 @@ pub struct Env {
     pub url: Option<String>,
     grid: Option<Grid>,
     node: Option<cachegrid::node::Node>,
-    cluster: Option<RedisCluster>,
+    pub cluster: Option<RedisCluster>,
 }
 
 pub fn unique(test: &str) -> String {
@@ -155,6 +155,33 @@ impl Env {
         }
     }
 
+    /// PTTL of the grid key of the session in `cookie` (`id=<id>`, unsigned).
+    pub async fn pttl(&self, cookie: &str) -> i64 {
+        let key = format!("{}{{{}}}", self.prefix, &cookie["id=".len()..]);
+        let cmd = redis::cmd("PTTL").arg(&key).clone();
+        if let Some(c) = &self.cluster {
+            // The slot's owner answers; the others redirect.
+            for url in &c.urls {
+                let mut conn = redis::Client::open(url.as_str())
+                    .unwrap()
+                    .get_multiplexed_tokio_connection()
+                    .await
+                    .unwrap();
+                if let Ok(ms) = cmd.query_async::<i64>(&mut conn).await {
+                    return ms;
+                }
+            }
+            panic!("no cluster node answered PTTL {key}");
+        }
+        match &self.grid {
+            Some(g) => match g.query(&cmd).await.unwrap() {
+                redis::Value::Int(ms) => ms,
+                v => panic!("{v:?}"),
+            },
+            None => cmd.query_async(&mut self.raw().await.unwrap()).await.unwrap(),
+        }
+    }
+
     /// Removes this test's keys from the shared Redis.
     pub async fn cleanup(self) {
         if let Backend::Redis = self.backend {
@@ -232,6 +259,30 @@ pub fn routes<S: SessionStore>(store: S, config: SessionConfig) -> Router {
             post(|s: Session| async move {
                 s.flush().await;
                 "ok"
+            }),
+        )
+        .route(
+            "/expiry/{mode}/{ms}",
+            post(|s: Session, Path((mode, ms)): Path<(String, i64)>| async move {
+                let d = time::Duration::milliseconds(ms);
+                s.set_expiry(match mode.as_str() {
+                    "idle" => Some(Expiry::OnInactivity(d)),
+                    "at" => Some(Expiry::AtDateTime(time::OffsetDateTime::now_utc() + d)),
+                    "end" => Some(Expiry::OnSessionEnd),
+                    _ => None,
+                });
+                "ok"
+            }),
+        )
+        .route(
+            "/expiry",
+            get(|s: Session| async move {
+                match s.expiry() {
+                    None => "default".to_string(),
+                    Some(Expiry::OnSessionEnd) => "end".into(),
+                    Some(Expiry::OnInactivity(d)) => format!("idle {}", d.whole_milliseconds()),
+                    Some(Expiry::AtDateTime(_)) => "at".into(),
+                }
             }),
         )
         .route("/id", get(|s: Session| async move { format!("{:?}/{}", s.id().is_some(), s.is_available()) }))
