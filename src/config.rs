@@ -92,6 +92,10 @@ pub struct Config {
     /// client port, or `HOST:PORT@BUSPORT`); empty: bootstrap a grid of one. Setting it turns
     /// cluster mode on. A restarted member rejoins through its saved Raft state instead.
     pub cluster_join: Vec<String>,
+    /// Milliseconds a member may stop answering the Raft leader before it is failed over
+    /// (removed, its slots given to their replicas). A member cut off from the leader stops
+    /// serving its slots after half of this, so two primaries never serve one slot.
+    pub cluster_node_timeout: u64,
     /// Refuse non-loopback clients while the `default` user has no password
     /// (`protected-mode`, on by default as in Redis).
     pub protected_mode: bool,
@@ -137,6 +141,7 @@ impl Default for Config {
             cluster_port: 0,
             cluster_announce_ip: String::new(),
             cluster_join: Vec::new(),
+            cluster_node_timeout: 1000,
             protected_mode: true,
             acl: Vec::new(),
         }
@@ -231,6 +236,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "zone",
                 reason: "must be 1 to 64 characters without spaces".into(),
+            });
+        }
+        if !(200..=600_000).contains(&self.cluster_node_timeout) {
+            return Err(ConfigError::Invalid {
+                name: "cluster-node-timeout",
+                reason: "must be between 200 and 600000 milliseconds".into(),
             });
         }
         for seed in &self.cluster_join {

@@ -142,6 +142,10 @@ struct NodeArgs {
     #[arg(long = "join")]
     #[serde(skip_serializing_if = "Vec::is_empty", rename = "cluster-join")]
     join: Vec<String>,
+    /// Milliseconds a silent member waits before it is failed over (default 1000).
+    #[arg(long = "cluster-node-timeout")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-node-timeout")]
+    cluster_node_timeout: Option<u64>,
     /// Cluster bus port; default: client port + 10000.
     #[arg(long = "cluster-port")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-port")]

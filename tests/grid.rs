@@ -62,7 +62,9 @@ impl Member {
 
 fn spawn(dir: &std::path::Path, zone: &str, bus: u16, admin: u16, seed: Option<&str>) -> NodeProcess {
     let (dir, bus, admin) = (dir.to_str().unwrap(), bus.to_string(), admin.to_string());
+    // A failover timeout well above a loaded test machine's hiccups.
     let mut args = vec!["--dir", dir, "--zone", zone, "--cluster-port", &bus, "--admin-port", &admin];
+    args.extend(["--cluster-node-timeout", "3000"]);
     match seed {
         Some(s) => args.extend(["--join", s]),
         None => args.extend(["--cluster-enabled", "true"]),
@@ -292,4 +294,35 @@ fn leave_refuses_unknown_members_and_standalone_nodes() {
     let out = cachegrid(&["leave", "--admin", &format!("127.0.0.1:{admin_port}")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in cluster mode"));
     drop(standalone);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_replaced_by_its_replicas_and_its_keys_are_still_there() {
+    let a = Member::start("zone-a", None);
+    let b = tokio::task::block_in_place(|| Member::start("zone-b", Some(&a)));
+    let c = tokio::task::block_in_place(|| Member::start("zone-c", Some(&a)));
+    tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &b, &c], 3));
+    let client = redis::cluster::ClusterClientBuilder::new(vec![format!("redis://{}/", a.addr())])
+        .retries(30)
+        .build()
+        .unwrap();
+    let mut con = client.get_async_connection().await.unwrap();
+    for i in 0..300 {
+        let _: () = redis::cmd("SET").arg(format!("f:{i}")).arg(i).query_async(&mut con).await.unwrap();
+    }
+    // Replication is asynchronous: wait until every key has its copy (R = 1: two in all).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dbsize(&a) + dbsize(&b) + dbsize(&c) != 600 {
+        assert!(Instant::now() < deadline, "keys replicated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c_id = c.myid();
+    drop(c); // SIGKILL
+    tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &b], 2));
+    let slots = a.process.raw().cmd_str(&["CLUSTER", "SLOTS"]);
+    assert!(!slots.contains(&c_id), "the dead node serves nothing: {slots}");
+    for i in 0..300 {
+        let v: i64 = redis::cmd("GET").arg(format!("f:{i}")).query_async(&mut con).await.unwrap();
+        assert_eq!(v, i, "f:{i} survived its primary");
+    }
 }

@@ -44,6 +44,8 @@ pub enum BusRequest {
     Leave(NodeId),
     /// A member is to be removed at once (it is gone for good).
     Forget(NodeId),
+    /// Are you there? (the leader's failure detector).
+    Ping,
     /// A migration source has moved these slots (forwarded to the leader, which commits it).
     SlotsMoved {
         /// The old primary.
@@ -69,6 +71,8 @@ pub enum BusResponse {
     Membership(Result<u64, String>),
     /// To a binary import batch: keys stored, or why they were refused.
     Imported(Result<usize, String>),
+    /// To [`BusRequest::Ping`].
+    Pong,
 }
 
 /// Why a bus call failed.

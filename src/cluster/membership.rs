@@ -167,7 +167,12 @@ impl GridState {
                 (Some(p), Some(&(_, to)), _) => (Some(p), Some((p, to))),
                 (Some(p), None, Some(t)) if p != t => (Some(p), Some((p, t))),
                 (Some(p), None, _) => (Some(p), None),
-                (None, _, t) => (t, None),
+                // The primary is gone: a surviving replica (it holds the data) takes over, and
+                // hands the slot on if placement wants it elsewhere.
+                (None, _, t) => match current.assignment[slot].replicas.iter().find(|r| is_active(r)) {
+                    Some(&r) if Some(r) != t => (Some(r), t.map(|t| (r, t))),
+                    _ => (t, None),
+                },
             };
             let replicas = t.replicas.into_iter().filter(|r| Some(*r) != primary).collect();
             next.assignment.push(SlotAssignment { primary, replicas });
@@ -317,6 +322,28 @@ mod tests {
         assert_eq!(g.map.nodes.len(), 1);
         assert!(g.map.slots.iter().all(|o| o.primary == Some(0)));
         assert!(!g.apply(&GridCommand::Forget(NodeId([2; 20]))), "the last member stays");
+    }
+
+    #[test]
+    fn a_forgotten_primary_is_replaced_by_a_replica_of_each_slot() {
+        let mut g = GridState::new(node(1, "a"), 1);
+        g.apply(&GridCommand::Join(node(2, "b")));
+        g.apply(&GridCommand::Join(node(3, "c")));
+        settle(&mut g);
+        let dead = NodeId([3; 20]);
+        let before = g.map.assignment();
+        assert!(g.apply(&GridCommand::Forget(dead)));
+        // Every slot the dead node served is now served by the node that replicated it (or
+        // moves on from there), never by a node without its data.
+        for (slot, a) in before.iter().enumerate() {
+            if a.primary == Some(dead) {
+                let now = g.map.slots[slot].primary.map(|i| g.map.node(i).id);
+                assert_eq!(now, a.replicas.first().copied(), "slot {slot}");
+            }
+        }
+        g.map.validate().unwrap();
+        settle(&mut g);
+        assert_eq!(g.map.assigned_slots(), SLOT_COUNT);
     }
 
     #[test]

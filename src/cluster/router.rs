@@ -126,6 +126,10 @@ pub fn check(
     spec: &CommandSpec,
     args: &[Bytes],
 ) -> Option<Reply> {
+    if cluster.fenced() && (matches!(spec.keys, Keys::Range { .. }) || spec.name == "exec") {
+        // Cut off from the majority: another node may own these slots by now.
+        return Some(Reply::error("CLUSTERDOWN The cluster is down"));
+    }
     // ASKING covers the next command only (or, inside MULTI, the transaction up to EXEC).
     let flags = client.cluster;
     if spec.name != "asking" && (!client.in_multi() || spec.name == "exec") {

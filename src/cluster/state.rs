@@ -20,6 +20,9 @@ pub struct Cluster {
     in_flight: parking_lot::Mutex<std::collections::HashSet<Box<[u8]>>>,
     /// Whether `in_flight` may be non-empty: the routing check reads only this flag.
     moving: std::sync::atomic::AtomicBool,
+    /// Set while this node's lease has lapsed (cut off from the Raft majority): it serves no
+    /// keyed command, so a failed-over primary never answers next to its successor.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 /// A slot map with this node's place in it, worked out once per map rather than per command.
@@ -74,6 +77,23 @@ impl Cluster {
             view: RwLock::new(Arc::new(view)),
             in_flight: Default::default(),
             moving: Default::default(),
+            fenced: Default::default(),
+        }
+    }
+
+    /// Whether this node is fenced off (see [`Cluster::set_fenced`]).
+    pub fn fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Fences this node off (its lease lapsed) or lets it serve again.
+    pub fn set_fenced(&self, fenced: bool) {
+        if self.fenced.swap(fenced, std::sync::atomic::Ordering::Relaxed) != fenced {
+            if fenced {
+                tracing::warn!("cut off from the grid's majority: serving no keys until it is back");
+            } else {
+                tracing::info!("in touch with the grid's majority again: serving");
+            }
         }
     }
 

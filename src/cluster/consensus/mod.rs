@@ -12,7 +12,7 @@ pub mod log_store;
 pub mod machine;
 mod network;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
@@ -56,6 +56,9 @@ pub struct Consensus {
     machine: GridMachine,
     /// One membership change at a time on this node, so two joins do not race each other.
     changes: tokio::sync::Mutex<()>,
+    /// When a leader's AppendEntries (heartbeat or log) last reached this node: a follower's
+    /// lease runs from it, on the monotonic clock.
+    last_contact: parking_lot::Mutex<std::time::Instant>,
 }
 
 /// The bus address of a node.
@@ -112,7 +115,14 @@ impl Consensus {
         let raft = Raft::new(me.id, Arc::new(config), network::BusNetwork, log, machine.clone())
             .await
             .context("cannot start Raft")?;
-        Ok(Arc::new(Consensus { raft, me, replicas, machine, changes: tokio::sync::Mutex::new(()) }))
+        Ok(Arc::new(Consensus {
+            raft,
+            me,
+            replicas,
+            machine,
+            changes: tokio::sync::Mutex::new(()),
+            last_contact: parking_lot::Mutex::new(std::time::Instant::now()),
+        }))
     }
 
     /// The grid as this node has applied it.
@@ -255,6 +265,84 @@ impl Consensus {
         Ok(r.data.epoch)
     }
 
+    /// Keeps this node's lease: every 50 ms, a node of a grid of several that has not heard
+    /// from a leader (a follower) or from a majority (the leader) within `lease` is fenced: it
+    /// serves no keyed command. All on the monotonic clock, so neither a paused process nor a
+    /// skewed wall clock extends it. `lease` is half the failover timeout, so a member is
+    /// fenced before the leader fails it over.
+    pub async fn keep_lease(
+        self: Arc<Self>,
+        cluster: Arc<Cluster>,
+        lease: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            let alone = self.grid().is_none_or(|g| g.members.len() <= 1);
+            let lapsed = if alone {
+                false
+            } else if self.leader() == Some(self.me.id) {
+                let ack = self.raft.metrics().borrow().millis_since_quorum_ack;
+                ack.is_none_or(|ms| Duration::from_millis(ms) > lease)
+            } else {
+                self.last_contact.lock().elapsed() > lease
+            };
+            cluster.set_fenced(lapsed);
+        }
+    }
+
+    /// The failure detector, on the leader: pings every member each 250 ms; one silent for
+    /// longer than `timeout` is failed over (`Forget`: its slots go to their replicas, which
+    /// hold its data as far as replication got). It rejoins by itself when it is back.
+    pub async fn detect_failures(
+        self: Arc<Self>,
+        timeout: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut last_ok: HashMap<NodeId, std::time::Instant> = HashMap::new();
+        let mut links: HashMap<NodeId, BusClient> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            let (Some(grid), true) = (self.grid(), self.leader() == Some(self.me.id)) else {
+                last_ok.clear();
+                continue;
+            };
+            let now = std::time::Instant::now();
+            let others: Vec<NodeInfo> =
+                grid.members.values().filter(|n| n.id != self.me.id).cloned().collect();
+            last_ok.retain(|id, _| grid.members.contains_key(id));
+            let mut pings = tokio::task::JoinSet::new();
+            for n in &others {
+                let link = links.remove(&n.id).unwrap_or_else(|| BusClient::new(bus_address(n)));
+                let id = n.id;
+                pings.spawn(async move {
+                    let answer = link.call(&BusRequest::Ping, Duration::from_millis(500)).await;
+                    (id, link, matches!(answer, Ok(BusResponse::Pong)))
+                });
+            }
+            while let Some(Ok((id, link, ok))) = pings.join_next().await {
+                links.insert(id, link);
+                let seen = last_ok.entry(id).or_insert(now);
+                if ok {
+                    *seen = std::time::Instant::now();
+                } else if seen.elapsed() > timeout && grid.active().filter(|n| n.id != id).count() > 0 {
+                    tracing::warn!(node = %id, silent_ms = seen.elapsed().as_millis() as u64, "member not answering: failing it over");
+                    match self.raft.client_write(GridCommand::Forget(id)).await {
+                        Ok(r) => tracing::info!(node = %id, epoch = r.data.epoch, "failed over"),
+                        Err(e) => tracing::warn!(node = %id, error = %e, "failover not committed"),
+                    }
+                    last_ok.remove(&id);
+                }
+            }
+        }
+    }
+
     /// On the leader, every second: Raft voters and learners that are no longer grid members
     /// (they left, or were forgotten) are removed from Raft too.
     pub async fn reconcile(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
@@ -317,7 +405,14 @@ impl Consensus {
     /// Answers one bus request.
     pub async fn handle(&self, request: BusRequest) -> BusResponse {
         match request {
-            BusRequest::AppendEntries(rpc) => BusResponse::AppendEntries(self.raft.append_entries(rpc).await),
+            BusRequest::AppendEntries(rpc) => {
+                let r = self.raft.append_entries(rpc).await;
+                if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success)) {
+                    *self.last_contact.lock() = std::time::Instant::now();
+                }
+                BusResponse::AppendEntries(r)
+            }
+            BusRequest::Ping => BusResponse::Pong,
             BusRequest::Vote(rpc) => BusResponse::Vote(self.raft.vote(rpc).await),
             BusRequest::InstallSnapshot(rpc) => {
                 BusResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await)
