@@ -326,3 +326,29 @@ async fn a_killed_primary_is_replaced_by_its_replicas_and_its_keys_are_still_the
         assert_eq!(v, i, "f:{i} survived its primary");
     }
 }
+
+#[test]
+fn a_primary_paused_past_the_failover_time_answers_nothing_for_the_slots_it_lost() {
+    let a = Member::start("zone-a", None);
+    let b = Member::start("zone-b", Some(&a));
+    let c = Member::start("zone-c", Some(&a));
+    wait_for_rebalance(&[&a, &b, &c], 3);
+    // A key c is the primary of, and a connection to c opened before the pause.
+    let slots_of_c = c.process.raw().cmd_str(&["CLUSTER", "NODES"]);
+    let key = (0..10_000)
+        .map(|i| format!("paused:{i}"))
+        .find(|k| c.process.raw().cmd_str(&["SET", k, "before"]) == "+OK\r\n")
+        .expect("c owns some slot");
+    let mut to_c = c.process.raw();
+    let pid = c.process.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    // Past the failover timeout (3 s in these tests): a and b give c's slots away.
+    wait_for_agreement(&[&a, &b], 2);
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // The very first answer of the resumed node is no acknowledgement: its lease ran out
+    // while it was stopped (monotonic clock), whatever its stale map says.
+    let reply = to_c.cmd_str(&["SET", &key, "after"]);
+    assert!(reply.starts_with("-CLUSTERDOWN") || reply.starts_with("-MOVED"), "{reply} ({slots_of_c})");
+    let reply = to_c.cmd_str(&["GET", &key]);
+    assert!(reply.starts_with('-'), "{reply}");
+}

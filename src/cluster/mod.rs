@@ -63,17 +63,13 @@ pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()>
     };
     let _ = server.cluster.set(cluster.clone());
     let cluster_for_replication = cluster.clone();
-    let consensus = Consensus::start(&raft_dir, info, config.cluster_replicas, cluster).await?;
+    let timeout = std::time::Duration::from_millis(config.cluster_node_timeout);
+    let consensus = Consensus::start(&raft_dir, info, config.cluster_replicas, cluster, timeout / 2).await?;
     let _ = server.consensus.set(consensus.clone());
     tokio::spawn(bus::serve(listener, consensus.clone(), server.clone()));
     tokio::spawn(consensus.clone().reconcile(server.shutdown.clone()));
-    let timeout = std::time::Duration::from_millis(config.cluster_node_timeout);
     tokio::spawn(consensus.clone().detect_failures(timeout, server.shutdown.clone()));
-    tokio::spawn(consensus.clone().keep_lease(
-        cluster_for_replication.clone(),
-        timeout / 2,
-        server.shutdown.clone(),
-    ));
+    tokio::spawn(consensus.clone().keep_lease(server.shutdown.clone()));
     tokio::spawn(migration::run(server.clone()));
     crate::replication::Replication::start(server, cluster_for_replication);
     let shutdown = server.shutdown.clone();

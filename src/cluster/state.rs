@@ -20,9 +20,17 @@ pub struct Cluster {
     in_flight: parking_lot::Mutex<std::collections::HashSet<Box<[u8]>>>,
     /// Whether `in_flight` may be non-empty: the routing check reads only this flag.
     moving: std::sync::atomic::AtomicBool,
-    /// Set while this node's lease has lapsed (cut off from the Raft majority): it serves no
-    /// keyed command, so a failed-over primary never answers next to its successor.
-    fenced: std::sync::atomic::AtomicBool,
+    /// This node's lease: it serves keyed commands only until it runs out (see
+    /// [`Cluster::fenced`]).
+    lease: Lease,
+}
+
+/// A lease on the monotonic clock: nanoseconds since `base` until which this node may serve.
+struct Lease {
+    base: std::time::Instant,
+    until_ns: std::sync::atomic::AtomicU64,
+    /// Whether the lease applies at all: a grid of one has nobody to step aside for.
+    guarded: std::sync::atomic::AtomicBool,
 }
 
 /// A slot map with this node's place in it, worked out once per map rather than per command.
@@ -77,24 +85,33 @@ impl Cluster {
             view: RwLock::new(Arc::new(view)),
             in_flight: Default::default(),
             moving: Default::default(),
-            fenced: Default::default(),
+            lease: Lease {
+                base: std::time::Instant::now(),
+                until_ns: Default::default(),
+                guarded: Default::default(),
+            },
         }
     }
 
-    /// Whether this node is fenced off (see [`Cluster::set_fenced`]).
+    /// Whether this node must not serve keys: it is one of several members and its lease ran
+    /// out (it has not heard from the Raft leader, or as leader from a majority, lately). Read
+    /// on the monotonic clock at every keyed command, so a process resumed after a pause is
+    /// fenced before it answers anything.
     pub fn fenced(&self) -> bool {
-        self.fenced.load(std::sync::atomic::Ordering::Relaxed)
+        use std::sync::atomic::Ordering::Relaxed;
+        self.lease.guarded.load(Relaxed)
+            && self.lease.base.elapsed().as_nanos() as u64 > self.lease.until_ns.load(Relaxed)
     }
 
-    /// Fences this node off (its lease lapsed) or lets it serve again.
-    pub fn set_fenced(&self, fenced: bool) {
-        if self.fenced.swap(fenced, std::sync::atomic::Ordering::Relaxed) != fenced {
-            if fenced {
-                tracing::warn!("cut off from the grid's majority: serving no keys until it is back");
-            } else {
-                tracing::info!("in touch with the grid's majority again: serving");
-            }
-        }
+    /// Extends the lease to `until` (never shortens it).
+    pub fn extend_lease(&self, until: std::time::Instant) {
+        let ns = until.saturating_duration_since(self.lease.base).as_nanos() as u64;
+        self.lease.until_ns.fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the lease applies (a grid of several members).
+    pub fn guard_with_lease(&self, guarded: bool) {
+        self.lease.guarded.store(guarded, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Marks keys as travelling to another node (called with their shard locked).

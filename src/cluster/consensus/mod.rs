@@ -56,9 +56,10 @@ pub struct Consensus {
     machine: GridMachine,
     /// One membership change at a time on this node, so two joins do not race each other.
     changes: tokio::sync::Mutex<()>,
-    /// When a leader's AppendEntries (heartbeat or log) last reached this node: a follower's
-    /// lease runs from it, on the monotonic clock.
-    last_contact: parking_lot::Mutex<std::time::Instant>,
+    /// The node's cluster view, whose lease AppendEntries from the leader extend.
+    cluster: Arc<Cluster>,
+    /// How long one contact with the leader (or a majority) lets this node serve.
+    lease: Duration,
 }
 
 /// The bus address of a node.
@@ -94,11 +95,12 @@ impl Consensus {
         me: NodeInfo,
         replicas: usize,
         cluster: Arc<Cluster>,
+        lease: Duration,
     ) -> anyhow::Result<Arc<Consensus>> {
         use anyhow::Context;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let log = log_store::LogStore::open(dir).context("cannot open the Raft log")?;
-        let machine = GridMachine::open(dir, cluster).context("cannot open the Raft snapshot")?;
+        let machine = GridMachine::open(dir, cluster.clone()).context("cannot open the Raft snapshot")?;
         let config = openraft::Config {
             cluster_name: "cachegrid".into(),
             // Generous for a loaded two-core machine: a missed heartbeat must not depose a
@@ -121,7 +123,8 @@ impl Consensus {
             replicas,
             machine,
             changes: tokio::sync::Mutex::new(()),
-            last_contact: parking_lot::Mutex::new(std::time::Instant::now()),
+            cluster,
+            lease,
         }))
     }
 
@@ -265,32 +268,38 @@ impl Consensus {
         Ok(r.data.epoch)
     }
 
-    /// Keeps this node's lease: every 50 ms, a node of a grid of several that has not heard
-    /// from a leader (a follower) or from a majority (the leader) within `lease` is fenced: it
-    /// serves no keyed command. All on the monotonic clock, so neither a paused process nor a
-    /// skewed wall clock extends it. `lease` is half the failover timeout, so a member is
-    /// fenced before the leader fails it over.
-    pub async fn keep_lease(
-        self: Arc<Self>,
-        cluster: Arc<Cluster>,
-        lease: Duration,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) {
+    /// Keeps this node's lease, every 50 ms: it applies once the grid has several members; a
+    /// leader extends it from its last majority acknowledgement (openraft's
+    /// `millis_since_quorum_ack`), a follower with every AppendEntries it accepts (see
+    /// [`Consensus::handle`]). Half the failover timeout, so a member cut off from the leader
+    /// stops serving before the leader can give its slots away; all on the monotonic clock.
+    pub async fn keep_lease(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut was_fenced = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
-            let alone = self.grid().is_none_or(|g| g.members.len() <= 1);
-            let lapsed = if alone {
-                false
-            } else if self.leader() == Some(self.me.id) {
+            let several = self.grid().is_some_and(|g| g.members.len() > 1);
+            if self.leader() == Some(self.me.id) {
                 let ack = self.raft.metrics().borrow().millis_since_quorum_ack;
-                ack.is_none_or(|ms| Duration::from_millis(ms) > lease)
-            } else {
-                self.last_contact.lock().elapsed() > lease
-            };
-            cluster.set_fenced(lapsed);
+                if let Some(ms) = ack {
+                    let acked = std::time::Instant::now().checked_sub(Duration::from_millis(ms));
+                    if let Some(at) = acked {
+                        self.cluster.extend_lease(at + self.lease);
+                    }
+                }
+            }
+            self.cluster.guard_with_lease(several);
+            let fenced = self.cluster.fenced();
+            if fenced != was_fenced {
+                if fenced {
+                    tracing::warn!("cut off from the grid's majority: serving no keys until back in touch");
+                } else {
+                    tracing::info!("in touch with the grid's majority again: serving");
+                }
+                was_fenced = fenced;
+            }
         }
     }
 
@@ -406,9 +415,10 @@ impl Consensus {
     pub async fn handle(&self, request: BusRequest) -> BusResponse {
         match request {
             BusRequest::AppendEntries(rpc) => {
+                let received = std::time::Instant::now();
                 let r = self.raft.append_entries(rpc).await;
                 if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success)) {
-                    *self.last_contact.lock() = std::time::Instant::now();
+                    self.cluster.extend_lease(received + self.lease);
                 }
                 BusResponse::AppendEntries(r)
             }
