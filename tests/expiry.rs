@@ -36,14 +36,14 @@ fn the_active_cycle_reclaims_expired_keys_nobody_reads() {
     let node = TestNode::with_config(|c| c.hz = 50);
     let mut c = node.raw();
     for i in 0..2000 {
-        assert_eq!(c.cmd_str(&["SET", &format!("short:{i}"), "v", "PX", "50"]), "+OK\r\n");
+        assert_eq!(c.cmd_str(&["SET", &format!("short:{i}"), "v", "PX", "1500"]), "+OK\r\n");
     }
     for i in 0..500 {
         assert_eq!(c.cmd_str(&["SET", &format!("long:{i}"), "v"]), "+OK\r\n");
     }
-    // Some short keys may already be gone: the cycle runs while we insert.
+    // Some short keys may already be gone on a loaded machine: the cycle runs while we insert.
     assert!(node.server.keyspace.len() > 500);
-    let reclaimed = wait_until(Duration::from_secs(5), || node.server.keyspace.len() == 500);
+    let reclaimed = wait_until(Duration::from_secs(10), || node.server.keyspace.len() == 500);
     assert!(reclaimed, "{} keys left", node.server.keyspace.len());
     assert_eq!(node.server.keyspace.stats.expired_keys.load(Ordering::Relaxed), 2000);
     assert!(node.server.keyspace.dataset_bytes() > 0);
