@@ -80,6 +80,11 @@ impl GridMachine {
         Ok(machine)
     }
 
+    /// Reads the grid in place (no copy of its 16,384-slot map): for the periodic checks.
+    pub fn with_grid<T>(&self, f: impl FnOnce(Option<&GridState>) -> T) -> T {
+        f(self.state.lock().grid.as_ref())
+    }
+
     /// A copy of the current state.
     pub fn state(&self) -> MachineState {
         self.state.lock().clone()

@@ -60,6 +60,9 @@ pub struct Consensus {
     cluster: Arc<Cluster>,
     /// How long one contact with the leader (or a majority) lets this node serve.
     lease: Duration,
+    /// Pause detection: the lease keeper's last tick, and until when no AppendEntries may
+    /// extend the lease (see [`Consensus::lease_from_contact`]).
+    watchdog: parking_lot::Mutex<(std::time::Instant, Option<std::time::Instant>)>,
 }
 
 /// The bus address of a node.
@@ -125,6 +128,7 @@ impl Consensus {
             changes: tokio::sync::Mutex::new(()),
             cluster,
             lease,
+            watchdog: parking_lot::Mutex::new((std::time::Instant::now(), None)),
         }))
     }
 
@@ -268,6 +272,23 @@ impl Consensus {
         Ok(r.data.epoch)
     }
 
+    /// Extends a follower's lease from an AppendEntries read at `received` — unless this
+    /// process was just paused (SIGSTOP, a stalled VM): requests the kernel buffered during
+    /// the pause are read first on resuming and may come from a leader that has since failed
+    /// this node over, so for one lease after a pause no request extends it.
+    fn lease_from_contact(&self, received: std::time::Instant) {
+        let mut w = self.watchdog.lock();
+        let (last_tick, quiet_until) = *w;
+        if received.saturating_duration_since(last_tick) > self.lease / 2 {
+            *w = (last_tick, Some(received + self.lease));
+            return;
+        }
+        if quiet_until.is_some_and(|q| received < q) {
+            return;
+        }
+        self.cluster.extend_lease(received + self.lease);
+    }
+
     /// Keeps this node's lease, every 50 ms: it applies once the grid has several members; a
     /// leader extends it from its last majority acknowledgement (openraft's
     /// `millis_since_quorum_ack`), a follower with every AppendEntries it accepts (see
@@ -280,7 +301,16 @@ impl Consensus {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
-            let several = self.grid().is_some_and(|g| g.members.len() > 1);
+            {
+                let mut w = self.watchdog.lock();
+                let now = std::time::Instant::now();
+                if now.saturating_duration_since(w.0) > self.lease / 2 && w.1.is_none_or(|q| q < now) {
+                    // This tick itself came late: a pause, seen here first.
+                    w.1 = Some(now + self.lease);
+                }
+                w.0 = now;
+            }
+            let several = self.machine.with_grid(|g| g.is_some_and(|g| g.members.len() > 1));
             if self.leader() == Some(self.me.id) {
                 let ack = self.raft.metrics().borrow().millis_since_quorum_ack;
                 if let Some(ms) = ack {
@@ -318,14 +348,20 @@ impl Consensus {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
-            let (Some(grid), true) = (self.grid(), self.leader() == Some(self.me.id)) else {
+            // Members, and whether each has another active member to take its slots.
+            let members: Option<Vec<(NodeInfo, bool)>> = self.machine.with_grid(|g| {
+                let g = g?;
+                Some(g.members.values().map(|n| (n.clone(), g.active().any(|o| o.id != n.id))).collect())
+            });
+            let (Some(members), true) = (members, self.leader() == Some(self.me.id)) else {
                 last_ok.clear();
                 continue;
             };
             let now = std::time::Instant::now();
             let others: Vec<NodeInfo> =
-                grid.members.values().filter(|n| n.id != self.me.id).cloned().collect();
-            last_ok.retain(|id, _| grid.members.contains_key(id));
+                members.iter().map(|(n, _)| n.clone()).filter(|n| n.id != self.me.id).collect();
+            last_ok.retain(|id, _| members.iter().any(|(n, _)| n.id == *id));
+            let replaceable = |id: NodeId| members.iter().any(|(n, others)| n.id == id && *others);
             let mut pings = tokio::task::JoinSet::new();
             for n in &others {
                 let link = links.remove(&n.id).unwrap_or_else(|| BusClient::new(bus_address(n)));
@@ -340,7 +376,7 @@ impl Consensus {
                 let seen = last_ok.entry(id).or_insert(now);
                 if ok {
                     *seen = std::time::Instant::now();
-                } else if seen.elapsed() > timeout && grid.active().filter(|n| n.id != id).count() > 0 {
+                } else if seen.elapsed() > timeout && replaceable(id) {
                     tracing::warn!(node = %id, silent_ms = seen.elapsed().as_millis() as u64, "member not answering: failing it over");
                     match self.raft.client_write(GridCommand::Forget(id)).await {
                         Ok(r) => tracing::info!(node = %id, epoch = r.data.epoch, "failed over"),
@@ -365,11 +401,13 @@ impl Consensus {
             }
             // The grid is read under the lock: a join that held it is fully applied by then.
             let _turn = self.changes.lock().await;
-            let Some(grid) = self.grid() else { continue };
             let metrics = self.raft.metrics().borrow().clone();
             let membership = metrics.membership_config.membership();
-            let gone: BTreeSet<NodeId> =
-                membership.nodes().map(|(id, _)| *id).filter(|id| !grid.members.contains_key(id)).collect();
+            let gone: Option<BTreeSet<NodeId>> = self.machine.with_grid(|g| {
+                let g = g?;
+                Some(membership.nodes().map(|(id, _)| *id).filter(|id| !g.members.contains_key(id)).collect())
+            });
+            let Some(gone) = gone else { continue };
             if gone.is_empty() {
                 continue;
             }
@@ -418,7 +456,7 @@ impl Consensus {
                 let received = std::time::Instant::now();
                 let r = self.raft.append_entries(rpc).await;
                 if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success)) {
-                    self.cluster.extend_lease(received + self.lease);
+                    self.lease_from_contact(received);
                 }
                 BusResponse::AppendEntries(r)
             }
