@@ -169,27 +169,10 @@ impl RemoteGrid {
         let tracking = self.tracking();
         match cfg.topology {
             Topology::Single => {
-                let mut info = redis::IntoConnectionInfo::into_connection_info(cfg.urls[0].as_str())
+                let info = redis::IntoConnectionInfo::into_connection_info(cfg.urls[0].as_str())
                     .map_err(classify)?;
-                let mut acc = AsyncConnectionConfig::new()
-                    .set_connection_timeout(cfg.connect_timeout)
-                    .set_response_timeout(cfg.response_timeout);
-                if tracking {
-                    info.redis.protocol = redis::ProtocolVersion::RESP3;
-                    let listeners = self.listeners.clone();
-                    acc = acc.set_push_sender(move |p: PushInfo| {
-                        on_push(&*listeners, p);
-                        Ok::<(), std::convert::Infallible>(())
-                    });
-                }
-                let client = redis::Client::open(info).map_err(classify)?;
-                let mut conn = tokio::time::timeout(
-                    cfg.connect_timeout,
-                    client.get_multiplexed_async_connection_with_config(&acc),
-                )
-                .await
-                .map_err(|_| GridError::Unavailable("connect timed out".into()))?
-                .map_err(classify)?;
+                let pushes = tracking.then(|| self.listeners.clone() as Arc<dyn Invalidate>);
+                let mut conn = open(cfg, info, pushes).await?;
                 if tracking {
                     // Anything cached before this connection may have missed its invalidation.
                     // (Not on the first: nothing is cached yet, and reads already under way
@@ -394,6 +377,30 @@ impl RemoteGrid {
             near.invalidate(key.as_bytes());
         }
     }
+}
+
+/// Opens one connection to `info` with the grid's timeouts; with `pushes`, in RESP3 with every
+/// push (invalidations, disconnection) handed to that target.
+pub(super) async fn open(
+    cfg: &GridConfig,
+    mut info: redis::ConnectionInfo,
+    pushes: Option<Arc<dyn Invalidate>>,
+) -> Result<MultiplexedConnection, GridError> {
+    let mut acc = AsyncConnectionConfig::new()
+        .set_connection_timeout(cfg.connect_timeout)
+        .set_response_timeout(cfg.response_timeout);
+    if let Some(target) = pushes {
+        info.redis.protocol = redis::ProtocolVersion::RESP3;
+        acc = acc.set_push_sender(move |p: PushInfo| {
+            on_push(&*target, p);
+            Ok::<(), std::convert::Infallible>(())
+        });
+    }
+    let client = redis::Client::open(info).map_err(classify)?;
+    tokio::time::timeout(cfg.connect_timeout, client.get_multiplexed_async_connection_with_config(&acc))
+        .await
+        .map_err(|_| GridError::Unavailable("connect timed out".into()))?
+        .map_err(classify)
 }
 
 /// Handles one push from the grid: invalidations drop near-cache entries; a disconnect drops

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, ConnectionAddr, PushInfo, Value};
+use redis::{ConnectionAddr, Value};
 use tokio::sync::Mutex;
 
 use super::near::{Hash, NearCache};
@@ -107,23 +107,8 @@ impl TrackedNodes {
         let mut info =
             redis::IntoConnectionInfo::into_connection_info(cfg.urls[0].as_str()).map_err(classify)?;
         info.addr = ConnectionAddr::Tcp(host.clone(), *port);
-        info.redis.protocol = redis::ProtocolVersion::RESP3;
-        let near = self.near.clone();
-        let acc = AsyncConnectionConfig::new()
-            .set_connection_timeout(cfg.connect_timeout)
-            .set_response_timeout(cfg.response_timeout)
-            .set_push_sender(move |p: PushInfo| {
-                super::remote::on_push(&*near, p);
-                Ok::<(), std::convert::Infallible>(())
-            });
-        let client = redis::Client::open(info).map_err(classify)?;
-        let mut conn = tokio::time::timeout(
-            cfg.connect_timeout,
-            client.get_multiplexed_async_connection_with_config(&acc),
-        )
-        .await
-        .map_err(|_| GridError::Unavailable("connect timed out".into()))?
-        .map_err(classify)?;
+        let pushes = self.near.clone() as Arc<dyn super::near::Invalidate>;
+        let mut conn = super::remote::open(cfg, info, Some(pushes)).await?;
         let on = conn.req_packed_command(redis::cmd("CLIENT").arg("TRACKING").arg("ON")).await;
         on.map_err(classify)?;
         // Whatever was cached before may have missed invalidations of a lost connection.
