@@ -60,17 +60,22 @@ impl LogStore {
         let bytes = serde_json::to_vec(&*self.state.lock()).map_err(|e| {
             StorageError::from_io_error(subject.clone(), ErrorVerb::Write, std::io::Error::other(e))
         })?;
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+        write_off_runtime(self.path.to_path_buf(), bytes)
             .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
             .map_err(|e| StorageError::from_io_error(subject, ErrorVerb::Write, e))
     }
 }
 
+/// [`write_atomically`] on the blocking pool: an fsync must not stall the node's runtime.
+pub(super) async fn write_off_runtime(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+}
+
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new file.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;

@@ -118,11 +118,8 @@ impl GridMachine {
     async fn save_snapshot(&self, snap: StoredSnapshot) -> Result<(), StorageError<NodeId>> {
         let bytes = serde_json::to_vec(&snap)
             .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || super::log_store::write_atomically(&path, &bytes))
+        super::log_store::write_off_runtime(self.path.to_path_buf(), bytes)
             .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
             .map_err(|e| StorageError::from_io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         *self.snapshot.lock() = Some(snap);
         Ok(())
