@@ -5,16 +5,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::NodeProcess;
-
-/// A free port on loopback (the kernel's choice, released at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{free_port, NodeProcess};
 
 /// One grid member: its process, data directory and ports.
 struct Member {

@@ -5,17 +5,12 @@ mod common;
 #[path = "common/postgres.rs"]
 mod postgres;
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use cachegrid::config::Config;
 use cachegrid::persistence::KeyspaceConfig;
-use common::TestNode;
+use common::{free_port, TestNode};
 use postgres::{rows, unique_table, MACHINE_URL};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// An in-process grid member backing `session:*` by `table`; `seed` joins another member.
 fn member(table: &str, seed: Option<&TestNode>) -> (TestNode, tempfile::TempDir) {

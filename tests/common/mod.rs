@@ -253,6 +253,11 @@ pub fn reference_redis() -> Option<SocketAddr> {
 }
 
 /// A unique key prefix for one test, so tests sharing the reference Redis never collide.
+/// A free port on loopback (the kernel's choice, released at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 pub fn unique_prefix(test: &str) -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
