@@ -174,7 +174,11 @@ impl GridState {
                     _ => (t, None),
                 },
             };
-            let replicas = t.replicas.into_iter().filter(|r| Some(*r) != primary).collect();
+            // A migration's target is not a replica meanwhile: a replica applies its primary's
+            // batches, and a late one would undo what the target imported or wrote since.
+            let target = migration.map(|(_, to)| to);
+            let replicas =
+                t.replicas.into_iter().filter(|r| Some(*r) != primary && Some(*r) != target).collect();
             next.assignment.push(SlotAssignment { primary, replicas });
             if let Some(m) = migration {
                 next.migrations.insert(slot as u16, m);
@@ -263,6 +267,19 @@ mod tests {
             .slots
             .iter()
             .all(|o| o.replicas.len() == 1 && !o.replicas.contains(&o.primary.unwrap())));
+    }
+
+    #[test]
+    fn a_migrations_target_is_never_listed_as_a_replica_of_the_slot() {
+        let mut g = GridState::new(node(1, "a"), 1);
+        for (i, z) in [(2, "b"), (3, "c"), (4, "a")] {
+            assert!(g.apply(&GridCommand::Join(node(i, z))));
+            for (slot, m) in &g.map.migrations {
+                assert!(!g.map.slots[*slot as usize].replicas.contains(&m.to), "slot {slot}");
+            }
+        }
+        settle(&mut g);
+        assert!(g.map.slots.iter().all(|o| o.replicas.len() == 1), "replicas restored after the moves");
     }
 
     #[test]

@@ -103,8 +103,21 @@ impl NodeProcess {
                 break plain[pos + 5..].split_whitespace().next().unwrap().parse().unwrap();
             }
         };
-        // Keep draining the log so the node never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.by_ref() {});
+        // Keep draining the log so the node never blocks on a full pipe; with
+        // TEST_NODE_LOG_DIR set, keep it there too (one file per node and port).
+        let keep = std::env::var_os("TEST_NODE_LOG_DIR").map(|d| {
+            let path = std::path::Path::new(&d).join(format!("node-{}-{}.log", addr, child.id()));
+            std::fs::File::create(path).expect("create the node's log file")
+        });
+        std::thread::spawn(move || {
+            let mut keep = keep;
+            for line in lines.by_ref().map_while(Result::ok) {
+                if let Some(f) = keep.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{}", strip_ansi(&line));
+                }
+            }
+        });
         NodeProcess { child, addr }
     }
 
