@@ -279,9 +279,16 @@ fn two_node_grid() -> (Vec<(TestNode, tempfile::TempDir)>, SlotMap) {
     (nodes, map)
 }
 
+/// Installs `map` on every node, and waits until each has dropped the copies the new map
+/// makes stale (until then an importer answers TRYAGAIN).
 fn install(nodes: &[(TestNode, tempfile::TempDir)], map: &SlotMap) {
     for (n, _) in nodes {
         n.server.cluster.get().unwrap().install(map.clone()).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while nodes.iter().any(|(n, _)| !n.server.cluster.get().unwrap().unready_slots().is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "stale copies dropped");
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -420,6 +427,25 @@ fn a_migrating_slot_answers_ask_and_tryagain_and_asking_opens_the_importer() {
     install(&nodes, &map);
     assert_eq!(from.raw().cmd_str(&["GET", "foo"]), format!("-MOVED {foo} {to_ep}\r\n"));
     assert_eq!(to.raw().cmd_str(&["GET", "{foo}gone"]), "$5\r\nmoved\r\n");
+}
+
+#[test]
+fn a_node_drops_its_copies_of_a_slot_it_no_longer_serves() {
+    let (nodes, mut map) = two_node_grid();
+    let foo = key_slot(b"foo");
+    let old = node_of(&nodes, &map, foo);
+    assert_eq!(nodes[old].0.raw().cmd_str(&["SET", "foo", "v"]), "+OK\r\n");
+    // The slot changes hands (as after a failover): the old primary becomes a replica, which
+    // is filled by its new primary's full sync, never from what it held before.
+    map.epoch += 1;
+    let o = map.slots[foo as usize].clone();
+    map.slots[foo as usize] =
+        cachegrid::cluster::Owners { primary: Some(o.replicas[0]), replicas: vec![o.primary.unwrap()] };
+    install(&nodes, &map);
+    let mut c = nodes[old].0.raw();
+    assert_eq!(c.cmd_str(&["READONLY"]), "+OK\r\n");
+    assert_eq!(c.cmd_str(&["GET", "foo"]), "$-1\r\n");
+    assert_eq!(c.cmd_str(&["DBSIZE"]), ":0\r\n");
 }
 
 #[test]

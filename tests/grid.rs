@@ -272,6 +272,11 @@ async fn keys_move_with_their_slots_when_nodes_join_and_leave_and_no_acknowledge
     tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &c], 2));
     let slots = a.process.raw().cmd_str(&["CLUSTER", "SLOTS"]);
     assert!(!slots.contains(&format!(":{}\r\n", b.addr().port())), "the leaver serves nothing: {slots}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dbsize(&b) != 0 {
+        assert!(Instant::now() < deadline, "the leaver keeps no copies: {}", dbsize(&b));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = writer.await.unwrap();

@@ -257,8 +257,9 @@ async fn serve_peer(
                 Ok(migration::DataRequest::Import { slot, entries }) => {
                     BusResponse::Imported(migration::import(&server, slot, entries))
                 }
-                Ok(migration::DataRequest::Replicate { entries }) => {
-                    BusResponse::Imported(crate::replication::apply(&server, entries))
+                Ok(migration::DataRequest::Replicate { from, epoch, entries }) => {
+                    let from = crate::cluster::NodeId(from);
+                    BusResponse::Imported(crate::replication::apply(&server, from, epoch, entries))
                 }
                 Err(e) => BusResponse::Imported(Err(format!("undecodable batch: {e}"))),
             }

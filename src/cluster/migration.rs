@@ -14,7 +14,7 @@ use bincode::{Decode, Encode};
 
 use super::bus::{BusClient, BusResponse, MAX_FRAME};
 use super::node_id::NodeId;
-use super::state::Cluster;
+use super::state::{Cluster, SlotRole};
 use crate::persistence::record::{decode_value, encode_value, Kind};
 use crate::server::Server;
 use crate::store::clock::now_ms;
@@ -45,6 +45,10 @@ pub struct MovedEntry {
 pub enum DataRequest {
     /// Keys changed on their primary, for a replica of their slots.
     Replicate {
+        /// The sending primary's node id: a replica applies batches of its slots' primary only.
+        from: [u8; 20],
+        /// The sender's map epoch: a replica whose map is older waits until it has caught up.
+        epoch: u64,
         /// Each key's current state.
         entries: Vec<crate::replication::ReplicatedKey>,
     },
@@ -70,15 +74,20 @@ pub fn decode(body: &[u8]) -> Result<DataRequest, String> {
 /// or already handed over here (a batch retried after the handover).
 pub fn import(server: &Server, slot: u16, entries: Vec<MovedEntry>) -> Result<usize, String> {
     let cluster = server.cluster.get().ok_or("not in cluster mode")?;
-    let view = cluster.view();
-    let me = view.me.ok_or("not a member of the map")?;
-    let expected = view.map.migrations.get(&slot).is_some_and(|m| m.to == me)
-        || view.map.slots.get(slot as usize).is_some_and(|o| o.primary == Some(me));
-    if !expected {
-        return Err(format!("slot {slot} is not migrating to this node (epoch {})", view.map.epoch));
+    if slot as usize >= crate::store::SLOT_COUNT {
+        return Err(format!("no slot {slot}"));
     }
     let limits = server.keyspace.settings.hash_limits();
+    // The map and the slot's readiness are read under the slot's lock: stale copies are
+    // dropped under it too, so an import is never dropped after it was acknowledged.
     let mut db = server.keyspace.lock_slot(slot, now_ms());
+    let view = cluster.view();
+    if !matches!(view.role(slot), SlotRole::Importing | SlotRole::Primary) {
+        return Err(format!("slot {slot} is not migrating to this node (epoch {})", view.map.epoch));
+    }
+    if !cluster.slot_ready(slot) {
+        return Err(format!("slot {slot} is not ready to import yet (epoch {})", view.map.epoch));
+    }
     let mut stored = 0;
     // The keys are in Postgres already (or queued at the source): no write-behind here.
     crate::persistence::loading(|| {
@@ -99,6 +108,9 @@ pub fn import(server: &Server, slot: u16, entries: Vec<MovedEntry>) -> Result<us
 pub async fn run(server: Arc<Server>) {
     let Some(cluster) = server.cluster.get().cloned() else { return };
     let mut last_report = Instant::now();
+    // A target refuses batches until its map has caught up with ours and it has dropped stale
+    // copies: routine for a moment, worth a warning only when it lasts.
+    let mut failing_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = server.shutdown.cancelled() => return,
@@ -126,15 +138,32 @@ pub async fn run(server: Arc<Server>) {
             let client = BusClient::new(super::consensus::bus_address(target));
             for chunk in slots.chunks(SLOTS_PER_HANDOVER) {
                 if let Err(e) = move_slots(&server, &cluster, &client, chunk).await {
-                    tracing::warn!(target = %client.peer(), error = %e, "moving slots failed; will retry");
+                    complain(&mut failing_since, "moving slots failed", &client.peer().to_string(), &e);
                     break;
                 }
                 if let Err(e) = hand_over(&server, cluster.me, target.id, chunk.to_vec()).await {
-                    tracing::warn!(error = %e, "slot handover not committed; will retry");
+                    complain(
+                        &mut failing_since,
+                        "slot handover not committed",
+                        &client.peer().to_string(),
+                        &e,
+                    );
                     break;
                 }
+                failing_since = None;
             }
         }
+    }
+}
+
+/// Logs a failed move or handover: at debug level while failures are recent, as a warning
+/// once they have lasted 5 s (`failing_since` is when they began).
+fn complain(failing_since: &mut Option<Instant>, what: &str, peer: &str, e: &str) {
+    let since = *failing_since.get_or_insert_with(Instant::now);
+    if since.elapsed() > Duration::from_secs(5) {
+        tracing::warn!(target = %peer, error = %e, "{what}; will retry");
+    } else {
+        tracing::debug!(target = %peer, error = %e, "{what}; will retry");
     }
 }
 

@@ -12,6 +12,7 @@ pub mod node_id;
 pub mod placement;
 pub mod router;
 pub mod slotmap;
+pub mod stale;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -71,6 +72,7 @@ pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()>
     tokio::spawn(consensus.clone().detect_failures(timeout, server.shutdown.clone()));
     tokio::spawn(consensus.clone().keep_lease(server.shutdown.clone()));
     tokio::spawn(migration::run(server.clone()));
+    tokio::spawn(stale::run(server.clone(), cluster_for_replication.clone()));
     crate::replication::Replication::start(server, cluster_for_replication);
     let shutdown = server.shutdown.clone();
     tokio::spawn(async move { consensus.establish(&config.cluster_join, shutdown).await });

@@ -176,7 +176,10 @@ pub fn check(
         }
         Route::Importing => {
             let (_, missing) = presence(server, client.now_ms, &keys);
-            if distinct(&keys) > 1 && missing > 0 {
+            // Until this node's stale copies of the slot are gone, a write here could be
+            // dropped with them.
+            let ready = keys.first().is_none_or(|k| cluster.slot_ready(key_slot(k)));
+            if !ready || (distinct(&keys) > 1 && missing > 0) {
                 Reply::error(TRYAGAIN)
             } else {
                 return None;

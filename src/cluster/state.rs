@@ -23,6 +23,43 @@ pub struct Cluster {
     /// This node's lease: it serves keyed commands only until it runs out (see
     /// [`Cluster::fenced`]).
     lease: Lease,
+    /// Slots whose copies here are no longer to be trusted: this node's role in them changed
+    /// to one that is filled from another node (importer, replica) or to none. Until
+    /// [`crate::cluster::stale`] has dropped those copies, nothing is imported or replicated
+    /// into them.
+    unready: parking_lot::Mutex<std::collections::BTreeSet<u16>>,
+    /// Wakes the task that drops stale copies.
+    pub unready_changed: tokio::sync::Notify,
+}
+
+/// What this node is for one slot, by the map in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRole {
+    /// Serves it (while it migrates away too).
+    Primary,
+    /// Receives its keys from the migrating primary.
+    Importing,
+    /// Holds a copy sent by its primary.
+    Replica,
+    /// Nothing.
+    None,
+}
+
+impl View {
+    /// This node's role for `slot`.
+    pub fn role(&self, slot: u16) -> SlotRole {
+        let Some(me) = self.me else { return SlotRole::None };
+        let owners = &self.map.slots[slot as usize];
+        if owners.primary == Some(me) {
+            SlotRole::Primary
+        } else if self.map.migrations.get(&slot).is_some_and(|m| m.to == me) {
+            SlotRole::Importing
+        } else if owners.replicas.contains(&me) {
+            SlotRole::Replica
+        } else {
+            SlotRole::None
+        }
+    }
 }
 
 /// A lease on the monotonic clock: nanoseconds since `base` until which this node may serve.
@@ -90,7 +127,25 @@ impl Cluster {
                 until_ns: Default::default(),
                 guarded: Default::default(),
             },
+            unready: Default::default(),
+            unready_changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Whether copies of `slot` here may be filled (imported, replicated, written with
+    /// ASKING): false until stale copies from an earlier role are gone.
+    pub fn slot_ready(&self, slot: u16) -> bool {
+        !self.unready.lock().contains(&slot)
+    }
+
+    /// Slots waiting for their stale copies to be dropped.
+    pub fn unready_slots(&self) -> Vec<u16> {
+        self.unready.lock().iter().copied().collect()
+    }
+
+    /// Marks `slot` ready: called with the slot's shard locked, once its stale copies are gone.
+    pub fn mark_ready(&self, slot: u16) {
+        self.unready.lock().remove(&slot);
     }
 
     /// Whether this node must not serve keys: it is one of several members and its lease ran
@@ -154,7 +209,20 @@ impl Cluster {
             return Err(InstallError::Stale { offered: map.epoch, current: current.map.epoch });
         }
         let me = map.index_of(&self.me);
-        *current = Arc::new(View { map, me });
+        let next = View { map, me };
+        // Copies of a slot this node no longer serves, or will be sent afresh, are stale: they
+        // are marked before the map is visible, so whoever sees the map sees the mark too.
+        let stale: Vec<u16> = (0..crate::store::SLOT_COUNT as u16)
+            .filter(|&s| {
+                let (was, now) = (current.role(s), next.role(s));
+                was != now && now != SlotRole::Primary
+            })
+            .collect();
+        if !stale.is_empty() {
+            self.unready.lock().extend(stale);
+            self.unready_changed.notify_one();
+        }
+        *current = Arc::new(next);
         Ok(())
     }
 }

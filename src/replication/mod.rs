@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 
 use crate::cluster::bus::{BusClient, BusResponse};
 use crate::cluster::migration::{DataRequest, MovedEntry};
+use crate::cluster::state::SlotRole;
 use crate::cluster::{Cluster, NodeId};
 use crate::persistence::record::{decode_value, encode_value};
 use crate::server::Server;
@@ -138,7 +139,7 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
                 .entry(node)
                 .or_insert_with(|| BusClient::new(crate::cluster::consensus::bus_address(&info)));
             let entries = read_current(&server, &keys);
-            let request = DataRequest::Replicate { entries };
+            let request = DataRequest::Replicate { from: r.cluster.me.0, epoch: view.map.epoch, entries };
             match link.call_data(&request, BATCH_TIMEOUT).await {
                 Ok(BusResponse::Imported(Ok(_))) => more = true,
                 other => {
@@ -197,22 +198,33 @@ fn read_current(server: &Server, keys: &[Box<[u8]>]) -> Vec<ReplicatedKey> {
     out
 }
 
-/// Applies a batch from a primary (on a replica). Keys of slots this node is not a replica of
-/// in its own map are ignored: a late batch from a former primary must not undo newer state.
-pub fn apply(server: &Server, keys: Vec<ReplicatedKey>) -> Result<usize, String> {
+/// Applies a batch from the primary `from`, whose map had `epoch` (on a replica). A batch
+/// from a map newer than this node's is refused until this node has caught up (the primary
+/// retries); keys of slots this node does not replicate for `from` in its own map are
+/// ignored, so a late batch from a former primary cannot undo newer state; a slot whose
+/// stale copies are still being dropped refuses the batch, which is retried.
+pub fn apply(server: &Server, from: NodeId, epoch: u64, keys: Vec<ReplicatedKey>) -> Result<usize, String> {
     let cluster = server.cluster.get().ok_or("not in cluster mode")?;
-    let view = cluster.view();
-    let me = view.me.ok_or("not a member of the map")?;
     let limits = server.keyspace.settings.hash_limits();
     let mut applied = 0;
     APPLYING.with(|a| a.set(true));
-    crate::persistence::loading(|| {
+    let result = crate::persistence::loading(|| {
         for k in keys {
             let slot = key_slot(&k.key);
-            if !view.map.slots[slot as usize].replicas.contains(&me) {
+            // The map is read under the key's lock: see `cluster::stale`.
+            let mut db = server.keyspace.lock_keys([&k.key[..]], now_ms());
+            let view = cluster.view();
+            if view.map.epoch < epoch {
+                return Err(format!("behind the primary: epoch {} < {epoch}", view.map.epoch));
+            }
+            let owners = &view.map.slots[slot as usize];
+            let from_primary = owners.primary.is_some_and(|p| view.map.node(p).id == from);
+            if !from_primary || view.role(slot) != SlotRole::Replica {
                 continue;
             }
-            let mut db = server.keyspace.lock_keys([&k.key[..]], now_ms());
+            if !cluster.slot_ready(slot) {
+                return Err(format!("slot {slot} is not ready for replication yet"));
+            }
             match k.entry.and_then(|e| decode_value(e.kind, &e.value, limits).map(|v| (v, e.expire_at))) {
                 Some((value, expire_at)) => {
                     db.set(&k.key, value, expire_at);
@@ -223,7 +235,8 @@ pub fn apply(server: &Server, keys: Vec<ReplicatedKey>) -> Result<usize, String>
             }
             applied += 1;
         }
+        Ok(applied)
     });
     APPLYING.with(|a| a.set(false));
-    Ok(applied)
+    result
 }
