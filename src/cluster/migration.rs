@@ -138,16 +138,11 @@ pub async fn run(server: Arc<Server>) {
             let client = BusClient::new(super::consensus::bus_address(target));
             for chunk in slots.chunks(SLOTS_PER_HANDOVER) {
                 if let Err(e) = move_slots(&server, &cluster, &client, chunk).await {
-                    complain(&mut failing_since, "moving slots failed", &client.peer().to_string(), &e);
+                    complain(&mut failing_since, "moving slots failed", client.peer(), &e);
                     break;
                 }
                 if let Err(e) = hand_over(&server, cluster.me, target.id, chunk.to_vec()).await {
-                    complain(
-                        &mut failing_since,
-                        "slot handover not committed",
-                        &client.peer().to_string(),
-                        &e,
-                    );
+                    complain(&mut failing_since, "slot handover not committed", client.peer(), &e);
                     break;
                 }
                 failing_since = None;
