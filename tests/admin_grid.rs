@@ -273,6 +273,7 @@ async fn rebalance_follows_the_moves_after_a_join_and_ready_fails_while_a_node_l
     }
     let out = cachegrid(&["rebalance", "--admin", &a.admin(), "--timeout", "120"]);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("cachegrid rebalance printed:\n{stderr}{stdout}");
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("slots moved,") && stderr.lines().next().unwrap().starts_with('['), "a progress bar: {stderr}");
     assert!(stdout.starts_with("done: the grid is balanced"), "{stdout}");
