@@ -169,7 +169,10 @@ async fn every_member_shows_the_whole_grid_and_its_metrics_move_with_traffic() {
     let table = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 5, "a header, three nodes, a summary: {table}");
-    assert!(lines[0].starts_with("ZONE") && lines[0].contains("REPLICAS") && lines[0].contains("LAG"), "{table}");
+    assert!(
+        lines[0].starts_with("ZONE") && lines[0].contains("REPLICAS") && lines[0].contains("LAG"),
+        "{table}"
+    );
     for (line, m) in lines[1..4].iter().zip([&a, &b, &c]) {
         assert!(line.contains(&m.addr().to_string()) && line.contains("primary+replica"), "{table}");
         assert!(line.trim_end().ends_with("ready"), "{table}");
@@ -203,7 +206,9 @@ async fn every_member_shows_the_whole_grid_and_its_metrics_move_with_traffic() {
     for i in 0..600 {
         let _: () = redis::cmd("SET").arg(format!("user:{i}")).arg(i).query_async(&mut con).await.unwrap();
     }
-    let sum = |ms: &[BTreeMap<String, f64>], s: &str| ms.iter().map(|m| m.get(s).copied().unwrap_or(0.0)).sum::<f64>();
+    let sum = |ms: &[BTreeMap<String, f64>], s: &str| {
+        ms.iter().map(|m| m.get(s).copied().unwrap_or(0.0)).sum::<f64>()
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let after = loop {
         let after: Vec<BTreeMap<String, f64>> =
@@ -220,7 +225,8 @@ async fn every_member_shows_the_whole_grid_and_its_metrics_move_with_traffic() {
         - sum(&before, "cachegrid_replication_keys_total{direction=\"in\"}");
     assert!(applied >= 600.0, "replicas applied them: {applied}");
     assert_eq!(sum(&after, "cachegrid_keys"), 1200.0, "a primary copy and a replica copy of each");
-    let sets = sum(&after, "cachegrid_commands_total{cmd=\"set\"}") - sum(&before, "cachegrid_commands_total{cmd=\"set\"}");
+    let sets = sum(&after, "cachegrid_commands_total{cmd=\"set\"}")
+        - sum(&before, "cachegrid_commands_total{cmd=\"set\"}");
     assert_eq!(sets, 600.0);
     for m in &after {
         for (s, v) in series(m, "cachegrid_replication_lag_seconds{") {
@@ -242,7 +248,9 @@ async fn every_member_shows_the_whole_grid_and_its_metrics_move_with_traffic() {
     let view = tokio::task::block_in_place(|| a.cluster());
     assert!(started.elapsed() < Duration::from_secs(3), "/cluster does not hang on a dead member");
     match view.nodes.iter().find(|n| n.id == c_id) {
-        Some(n) => assert!(!n.reachable && !n.ready && n.not_ready.as_deref() == Some("unreachable"), "{n:?}"),
+        Some(n) => {
+            assert!(!n.reachable && !n.ready && n.not_ready.as_deref() == Some("unreachable"), "{n:?}")
+        }
         None => assert_eq!(view.nodes.len(), 2, "already failed over: {view:?}"),
     }
     let out = tokio::task::block_in_place(|| cachegrid(&["status", "--admin", &a.admin()]));
@@ -269,13 +277,19 @@ async fn rebalance_follows_the_moves_after_a_join_and_ready_fails_while_a_node_l
     // The joiner is not ready while slots are still importing to it.
     let (status, reason) = b.get("/ready");
     if status == 503 {
-        assert!(reason.starts_with("catching up") || reason.starts_with("waiting for the grid's map"), "{reason}");
+        assert!(
+            reason.starts_with("catching up") || reason.starts_with("waiting for the grid's map"),
+            "{reason}"
+        );
     }
     let out = cachegrid(&["rebalance", "--admin", &a.admin(), "--timeout", "120"]);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     eprintln!("cachegrid rebalance printed:\n{stderr}{stdout}");
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("slots moved,") && stderr.lines().next().unwrap().starts_with('['), "a progress bar: {stderr}");
+    assert!(
+        stderr.contains("slots moved,") && stderr.lines().next().unwrap().starts_with('['),
+        "a progress bar: {stderr}"
+    );
     assert!(stdout.starts_with("done: the grid is balanced"), "{stdout}");
     let view = tokio::task::block_in_place(|| wait_until_settled(&[&a, &b], 2));
     assert_eq!(view.nodes.iter().map(|n| n.slot_count()).collect::<Vec<_>>(), [8192, 8192]);

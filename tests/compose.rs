@@ -148,7 +148,10 @@ fn the_compose_file_runs_postgres_three_nodes_and_the_session_app_in_order() {
         let url = env.get("CACHEGRID_POSTGRES_URL").expect("postgres-url");
         assert!(url.contains("host=postgres") && url.contains("dbname=cachegrid"), "{url}");
         let space = env.get("CACHEGRID_KEYSPACE").expect("a [[keyspace]]");
-        assert!(space.contains(r#"pattern="session:*""#) && space.contains(r#"mode="write-behind""#), "{space}");
+        assert!(
+            space.contains(r#"pattern="session:*""#) && space.contains(r#"mode="write-behind""#),
+            "{space}"
+        );
     }
 
     // The session app: the same image, behind the three nodes, started once they are healthy.
@@ -160,8 +163,7 @@ fn the_compose_file_runs_postgres_three_nodes_and_the_session_app_in_order() {
     assert_eq!(ports.iter().map(|p| published(p)).collect::<Vec<_>>(), [("127.0.0.1", "3000", "3000")]);
     assert!(host_ports.insert("3000".into()), "the app's host port is its own");
     let command = str_list(&app["command"]);
-    let grids: Vec<&str> =
-        command.windows(2).filter(|w| w[0] == "--grid").map(|w| w[1].as_str()).collect();
+    let grids: Vec<&str> = command.windows(2).filter(|w| w[0] == "--grid").map(|w| w[1].as_str()).collect();
     assert_eq!(grids, NODES.map(|n| format!("redis://{n}:7379")), "every node is a seed");
     assert!(command.windows(2).any(|w| w == ["--listen", "0.0.0.0:3000"]), "{command:?}");
     assert_eq!(
@@ -183,13 +185,17 @@ fn the_session_app_accepts_its_compose_command_and_passes_its_health_check() {
     assert!(help.status.success());
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in command.iter().filter(|a| a.starts_with("--")) {
-        assert!(help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")), "login_app has no {flag}");
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "login_app has no {flag}"
+        );
     }
     // The compose command, on a free loopback port instead of 0.0.0.0:3000 (grids are reached
     // lazily: no node needs to run), then the compose health check against it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
-    let args: Vec<&str> = command.iter().map(|a| if a == "0.0.0.0:3000" { listen.as_str() } else { a }).collect();
+    let args: Vec<&str> =
+        command.iter().map(|a| if a == "0.0.0.0:3000" { listen.as_str() } else { a }).collect();
     let mut child = Command::new(login_app())
         .args(&args)
         .stdout(std::process::Stdio::piped())
@@ -281,7 +287,9 @@ fn the_dockerfile_builds_a_small_non_root_image_with_a_health_check() {
     // The example session app is built and shipped in the same image.
     assert!(text.contains("COPY middleware ./middleware"), "the workspace's second member");
     assert!(text.contains("cargo build --release --locked -p cachegrid-middleware --example login_app"));
-    assert!(text.contains("COPY --from=build /src/target/release/examples/login_app /usr/local/bin/login_app"));
+    assert!(
+        text.contains("COPY --from=build /src/target/release/examples/login_app /usr/local/bin/login_app")
+    );
     assert!(text.contains("HEALTHCHECK") && text.contains("CMD [\"cachegrid\", \"health\"]"));
     assert!(text.contains("ENTRYPOINT [\"cachegrid\"]") && text.contains("CMD [\"node\"]"));
     let env = dockerfile_env();
@@ -336,7 +344,9 @@ fn the_readme_container_commands_match_the_binary() {
             );
             checked += 1;
         }
-        if let Some(url) = code.strip_prefix("curl ").and_then(|r| r.split_whitespace().find(|w| w.contains("localhost:"))) {
+        if let Some(url) =
+            code.strip_prefix("curl ").and_then(|r| r.split_whitespace().find(|w| w.contains("localhost:")))
+        {
             let port = url.trim_matches('\'').split("localhost:").nth(1).unwrap().split('/').next().unwrap();
             let all: Vec<String> = compose()["services"]
                 .as_mapping()

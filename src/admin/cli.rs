@@ -167,8 +167,14 @@ pub fn render_table(view: &ClusterView) -> String {
     let slots: u32 = view.nodes.iter().map(|n| n.slot_count()).sum();
     let mut summary = format!("{} node(s), {slots}/{} slots served", nodes.len(), view.slots_total);
     if let Some(epoch) = view.epoch {
-        let zones: std::collections::BTreeSet<_> = view.nodes.iter().filter_map(|n| n.zone.as_ref()).collect();
-        let _ = write!(summary, " in {} zone(s), map epoch {epoch}, {} slots moving", zones.len(), view.slots_moving);
+        let zones: std::collections::BTreeSet<_> =
+            view.nodes.iter().filter_map(|n| n.zone.as_ref()).collect();
+        let _ = write!(
+            summary,
+            " in {} zone(s), map epoch {epoch}, {} slots moving",
+            zones.len(),
+            view.slots_moving
+        );
     }
     let _ = writeln!(out, "{summary}; * = the node asked");
     out
@@ -178,8 +184,11 @@ pub fn render_table(view: &ClusterView) -> String {
 /// after joins and leaves).
 fn ranges(slots: &[[u16; 2]]) -> String {
     const SHOWN: usize = 3;
-    let mut parts: Vec<String> =
-        slots.iter().take(SHOWN).map(|[a, b]| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+    let mut parts: Vec<String> = slots
+        .iter()
+        .take(SHOWN)
+        .map(|[a, b]| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .collect();
     if slots.len() > SHOWN {
         parts.push(format!("+{} ranges", slots.len() - SHOWN));
     }
@@ -374,8 +383,13 @@ mod tests {
         a.postgres_up = Some(false);
         let mut b = node("bbbbbbbbbb", Some("z2"), vec![]);
         b.reachable = false;
-        let view =
-            ClusterView { myself: "aaaaaaaaaa".into(), slots_total: 16384, epoch: Some(7), slots_moving: 3, nodes: vec![a, b] };
+        let view = ClusterView {
+            myself: "aaaaaaaaaa".into(),
+            slots_total: 16384,
+            epoch: Some(7),
+            slots_moving: 3,
+            nodes: vec![a, b],
+        };
         let t = render_table(&view);
         assert!(t.contains("primary+replica (leader)") && t.contains("+1 ranges"), "{t}");
         assert!(t.contains("1.5s/7") && t.contains("9 db down"), "{t}");
@@ -386,7 +400,10 @@ mod tests {
     #[test]
     fn the_progress_bar_fills_as_slots_move() {
         assert_eq!(progress_line(10, 10), format!("[{}] 0/10 slots moved, 10 left", ".".repeat(30)));
-        assert_eq!(progress_line(10, 5), format!("[{}{}] 5/10 slots moved, 5 left", "#".repeat(15), ".".repeat(15)));
+        assert_eq!(
+            progress_line(10, 5),
+            format!("[{}{}] 5/10 slots moved, 5 left", "#".repeat(15), ".".repeat(15))
+        );
         assert_eq!(progress_line(0, 0), format!("[{}] 0/0 slots moved, 0 left", "#".repeat(30)));
     }
 

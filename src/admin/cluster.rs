@@ -281,7 +281,13 @@ fn ranges(member: impl Iterator<Item = bool>) -> Vec<[u16; 2]> {
 pub async fn grid_view(server: &Arc<Server>, local: NodeStatus) -> ClusterView {
     let myself = local.id.clone();
     let Some(cluster) = server.cluster.get() else {
-        return ClusterView { myself, slots_total: SLOT_COUNT as u32, epoch: None, slots_moving: 0, nodes: vec![local] };
+        return ClusterView {
+            myself,
+            slots_total: SLOT_COUNT as u32,
+            epoch: None,
+            slots_moving: 0,
+            nodes: vec![local],
+        };
     };
     let view = cluster.view();
     let grid = Grid::of(server);

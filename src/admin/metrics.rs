@@ -187,7 +187,8 @@ fn collect_grid(server: &Server, seen: &mut Seen) {
     if let Some(r) = server.replication.get() {
         for lag in r.lag(super::cluster::replicas_of(map, view.me)) {
             let replica = lag.replica.to_string();
-            gauge!("cachegrid_replication_pending_keys", "replica" => replica.clone()).set(lag.pending_keys as f64);
+            gauge!("cachegrid_replication_pending_keys", "replica" => replica.clone())
+                .set(lag.pending_keys as f64);
             gauge!("cachegrid_replication_lag_seconds", "replica" => replica).set(lag.behind.as_secs_f64());
         }
     }
@@ -234,14 +235,22 @@ fn describe() {
     describe_gauge!("cachegrid_cluster_epoch", "Epoch of the slot map in force on this node.");
     describe_gauge!("cachegrid_cluster_members", Count, "Members in this node's slot map.");
     describe_gauge!("cachegrid_cluster_leader", "1 while this node is the Raft leader, else 0.");
-    describe_gauge!("cachegrid_cluster_slots", Count, "Slots this node serves, by role (primary or replica).");
+    describe_gauge!(
+        "cachegrid_cluster_slots",
+        Count,
+        "Slots this node serves, by role (primary or replica)."
+    );
     describe_gauge!("cachegrid_cluster_slots_moving", Count, "Slots moving between nodes in the whole grid.");
     describe_gauge!(
         "cachegrid_migration_slots",
         Count,
         "Slots migrating from this node (out) or to it (in)."
     );
-    describe_counter!("cachegrid_migration_keys_total", Count, "Keys moved with their slots, sent (out) or received (in).");
+    describe_counter!(
+        "cachegrid_migration_keys_total",
+        Count,
+        "Keys moved with their slots, sent (out) or received (in)."
+    );
     describe_counter!(
         "cachegrid_replication_keys_total",
         Count,

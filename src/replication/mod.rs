@@ -192,7 +192,10 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
             match link.call_data(&request, BATCH_TIMEOUT).await {
                 Ok(BusResponse::Imported(Ok(_))) => {
                     let sent = keys.len() as u64;
-                    r.cluster.counters.keys_replicated_out.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+                    r.cluster
+                        .counters
+                        .keys_replicated_out
+                        .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
                     r.settled(node);
                     more = true
                 }

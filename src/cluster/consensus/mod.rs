@@ -386,7 +386,10 @@ impl Consensus {
                     tracing::warn!(node = %id, silent_ms = seen.elapsed().as_millis() as u64, "member not answering: failing it over");
                     match self.raft.client_write(GridCommand::Forget(id)).await {
                         Ok(r) => {
-                            self.cluster.counters.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.cluster
+                                .counters
+                                .failovers
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::info!(node = %id, epoch = r.data.epoch, "failed over")
                         }
                         Err(e) => tracing::warn!(node = %id, error = %e, "failover not committed"),
