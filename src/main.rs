@@ -28,13 +28,27 @@ enum Command {
     Node(NodeArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
     Config(NodeArgs),
-    /// Show the grid: nodes, zones, slots, roles, keys, memory (from a node's admin port).
+    /// Show the grid: every node with its zone, roles, slots, keys, memory, replica lag and
+    /// write-behind queue (from a node's admin port).
     Status(AdminArgs),
     /// Exit 0 if a node's admin port answers /health, else 1 (for container health checks).
     Health(AdminArgs),
     /// Take a node out of the grid (the one whose admin port is asked, or --node ID); its slots
     /// move to the other members.
     Leave(LeaveArgs),
+    /// Follow the slots moving after a join or a leave with a progress bar, until the grid has
+    /// settled. Moves start by themselves when membership changes: this starts nothing.
+    Rebalance(RebalanceArgs),
+}
+
+/// Flags of `cachegrid rebalance`.
+#[derive(Args)]
+struct RebalanceArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Give up (exit 1) if slots are still moving after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
 }
 
 /// Flags of `cachegrid leave`.
@@ -197,6 +211,11 @@ fn main() -> anyhow::Result<()> {
                 cachegrid::admin::cli::wait_until_left(&addr, std::time::Duration::from_secs(3600)).await?;
             }
             println!("left the grid");
+            Ok(())
+        }),
+        Command::Rebalance(args) => admin_command(args.admin, |addr| async move {
+            let limit = std::time::Duration::from_secs(args.timeout);
+            print!("{}", cachegrid::admin::cli::rebalance(&addr, limit).await?);
             Ok(())
         }),
         Command::Health(args) => admin_command(args, |addr| async move {

@@ -1,7 +1,8 @@
-//! The container files against the binary (no container engine runs here, and `docker compose
+//! The container files against the binaries (no container engine runs here, and `docker compose
 //! config` is not installed): `docker-compose.yml` parses, has its services, ports, volumes,
 //! health checks and start order; every `CACHEGRID_*` variable and flag it, the Dockerfile or
-//! the README's container section uses is one the binary accepts.
+//! the README's container section uses is one the binaries accept (`cachegrid`, and the example
+//! session app `login_app`, whose health check is run against the app itself).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -18,6 +19,31 @@ fn root() -> &'static Path {
 fn compose() -> Value {
     let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
     serde_yaml::from_str(&text).expect("docker-compose.yml is valid YAML")
+}
+
+/// `name:value` of a published port `"127.0.0.1:HOST:CONTAINER"`: (host address, host port,
+/// container port).
+fn published(p: &str) -> (&str, &str, &str) {
+    let parts: Vec<&str> = p.split(':').collect();
+    assert_eq!(parts.len(), 3, "{p}: published as ADDRESS:HOST:CONTAINER");
+    (parts[0], parts[1], parts[2])
+}
+
+/// The example session app, built beside the `cachegrid` binary (`--all-targets` builds it;
+/// built here if it is not).
+fn login_app() -> std::path::PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_cachegrid"));
+    let app = bin.parent().unwrap().join("examples").join("login_app");
+    if !app.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "cachegrid-middleware", "--example", "login_app"])
+            .current_dir(root())
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot build the login_app example");
+    }
+    app
 }
 
 fn cachegrid(args: &[&str], env: &[(String, String)]) -> std::process::Output {
@@ -62,11 +88,11 @@ fn env_of(service: &Value) -> Vec<(String, String)> {
 }
 
 #[test]
-fn the_compose_file_runs_three_nodes_and_postgres_in_order() {
+fn the_compose_file_runs_postgres_three_nodes_and_the_session_app_in_order() {
     let c = compose();
     let services = c["services"].as_mapping().expect("services");
     let names: BTreeSet<&str> = services.keys().map(|k| k.as_str().unwrap()).collect();
-    assert_eq!(names, BTreeSet::from(["postgres", "node-a", "node-b", "node-c"]));
+    assert_eq!(names, BTreeSet::from(["postgres", "node-a", "node-b", "node-c", "app"]));
     let volumes: BTreeSet<&str> =
         c["volumes"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap()).collect();
 
@@ -82,17 +108,16 @@ fn the_compose_file_runs_three_nodes_and_postgres_in_order() {
         assert_eq!(node["build"].as_str(), Some("."), "{name} builds the Dockerfile");
         assert_eq!(str_list(&node["healthcheck"]["test"]), ["CMD", "cachegrid", "health"], "{name}");
         let ports = str_list(&node["ports"]);
-        let containers: BTreeSet<&str> = ports.iter().map(|p| p.rsplit(':').next().unwrap()).collect();
+        let containers: BTreeSet<&str> = ports.iter().map(|p| published(p).2).collect();
         assert_eq!(
             containers,
             BTreeSet::from(["7379", "8379"]),
             "{name} publishes the client and admin ports"
         );
         for p in &ports {
-            assert!(
-                host_ports.insert(p.split(':').next().unwrap().to_string()),
-                "host port of {p} used twice"
-            );
+            let (address, host, _) = published(p);
+            assert_eq!(address, "127.0.0.1", "{name}: no authentication, so the host's loopback only");
+            assert!(host_ports.insert(host.to_string()), "host port of {p} used twice");
         }
         let data = str_list(&node["volumes"]);
         assert_eq!(data, [format!("{name}-data:/data")]);
@@ -119,7 +144,76 @@ fn the_compose_file_runs_three_nodes_and_postgres_in_order() {
         } else {
             assert_eq!(env.get("CACHEGRID_CLUSTER_JOIN").map(String::as_str), Some(r#"["node-a:7379"]"#));
         }
+        // Sessions are backed by the postgres service.
+        let url = env.get("CACHEGRID_POSTGRES_URL").expect("postgres-url");
+        assert!(url.contains("host=postgres") && url.contains("dbname=cachegrid"), "{url}");
+        let space = env.get("CACHEGRID_KEYSPACE").expect("a [[keyspace]]");
+        assert!(
+            space.contains(r#"pattern="session:*""#) && space.contains(r#"mode="write-behind""#),
+            "{space}"
+        );
     }
+
+    // The session app: the same image, behind the three nodes, started once they are healthy.
+    let app = &c["services"]["app"];
+    assert_eq!(app["image"].as_str(), c["services"]["node-a"]["image"].as_str(), "the nodes' image");
+    assert_eq!(app["build"].as_str(), Some("."));
+    assert_eq!(str_list(&app["entrypoint"]), ["login_app"]);
+    let ports = str_list(&app["ports"]);
+    assert_eq!(ports.iter().map(|p| published(p)).collect::<Vec<_>>(), [("127.0.0.1", "3000", "3000")]);
+    assert!(host_ports.insert("3000".into()), "the app's host port is its own");
+    let command = str_list(&app["command"]);
+    let grids: Vec<&str> = command.windows(2).filter(|w| w[0] == "--grid").map(|w| w[1].as_str()).collect();
+    assert_eq!(grids, NODES.map(|n| format!("redis://{n}:7379")), "every node is a seed");
+    assert!(command.windows(2).any(|w| w == ["--listen", "0.0.0.0:3000"]), "{command:?}");
+    assert_eq!(
+        str_list(&app["healthcheck"]["test"]),
+        ["CMD", "cachegrid", "health", "--admin", "127.0.0.1:3000"]
+    );
+    let deps = app["depends_on"].as_mapping().expect("depends_on with conditions");
+    for n in NODES {
+        assert_eq!(deps[n]["condition"].as_str(), Some("service_healthy"), "the app waits for {n}");
+    }
+}
+
+#[test]
+fn the_session_app_accepts_its_compose_command_and_passes_its_health_check() {
+    let c = compose();
+    let app = &c["services"]["app"];
+    let command = str_list(&app["command"]);
+    let help = Command::new(login_app()).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in command.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "login_app has no {flag}"
+        );
+    }
+    // The compose command, on a free loopback port instead of 0.0.0.0:3000 (grids are reached
+    // lazily: no node needs to run), then the compose health check against it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let args: Vec<&str> =
+        command.iter().map(|a| if a == "0.0.0.0:3000" { listen.as_str() } else { a }).collect();
+    let mut child = Command::new(login_app())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("the app starts").unwrap();
+    assert_eq!(first, format!("login_app on http://{listen}"));
+    let test = str_list(&app["healthcheck"]["test"]);
+    assert_eq!(&test[..2], ["CMD", "cachegrid"]);
+    let check: Vec<String> = test[2..].iter().map(|a| a.replace("127.0.0.1:3000", &listen)).collect();
+    let check: Vec<&str> = check.iter().map(String::as_str).collect();
+    let out = cachegrid(&check, &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "the app's health check fails: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -189,7 +283,13 @@ fn the_dockerfile_builds_a_small_non_root_image_with_a_health_check() {
     assert!(text.lines().any(|l| l == "USER cachegrid"), "runs as a non-root user");
     assert!(text.contains("VOLUME [\"/data\"]"));
     let expose: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("EXPOSE ")).collect();
-    assert_eq!(expose, ["7379 8379"]);
+    assert_eq!(expose, ["7379 8379 17379"], "client, admin and cluster bus ports");
+    // The example session app is built and shipped in the same image.
+    assert!(text.contains("COPY middleware ./middleware"), "the workspace's second member");
+    assert!(text.contains("cargo build --release --locked -p cachegrid-middleware --example login_app"));
+    assert!(
+        text.contains("COPY --from=build /src/target/release/examples/login_app /usr/local/bin/login_app")
+    );
     assert!(text.contains("HEALTHCHECK") && text.contains("CMD [\"cachegrid\", \"health\"]"));
     assert!(text.contains("ENTRYPOINT [\"cachegrid\"]") && text.contains("CMD [\"node\"]"));
     let env = dockerfile_env();
@@ -219,8 +319,11 @@ fn the_readme_container_commands_match_the_binary() {
         if let Some(rest) = code.strip_prefix("docker compose exec ") {
             let mut words = rest.split_whitespace();
             let service = words.next().unwrap();
-            assert!(NODES.contains(&service), "{line}: no such service");
-            assert_eq!(words.next(), Some("cachegrid"), "{line}");
+            assert!(!compose()["services"][service].is_null(), "{line}: no such service");
+            if words.next() != Some("cachegrid") {
+                continue; // another tool of the service's image (psql)
+            }
+            assert!(NODES.contains(&service), "{line}: cachegrid runs in the nodes");
             let args: Vec<&str> = words.collect();
             let sub = args[0];
             let help = cachegrid(&[sub, "--help"], &[]);
@@ -233,18 +336,32 @@ fn the_readme_container_commands_match_the_binary() {
             checked += 1;
         }
         if let Some(port) = code.strip_prefix("redis-cli -p ").and_then(|r| r.split_whitespace().next()) {
-            let published: Vec<String> =
+            let ports: Vec<String> =
                 NODES.iter().flat_map(|n| str_list(&compose()["services"][*n]["ports"])).collect();
             assert!(
-                published.contains(&format!("{port}:7379")),
+                ports.iter().any(|p| published(p).1 == port && published(p).2 == "7379"),
                 "{line}: port {port} is not a node's client port"
             );
+            checked += 1;
+        }
+        if let Some(url) =
+            code.strip_prefix("curl ").and_then(|r| r.split_whitespace().find(|w| w.contains("localhost:")))
+        {
+            let port = url.trim_matches('\'').split("localhost:").nth(1).unwrap().split('/').next().unwrap();
+            let all: Vec<String> = compose()["services"]
+                .as_mapping()
+                .unwrap()
+                .values()
+                .flat_map(|s| str_list(&s["ports"]))
+                .collect();
+            assert!(all.iter().any(|p| published(p).1 == port), "{line}: nothing is published on {port}");
             checked += 1;
         }
     }
     assert!(checked >= 2, "the section shows commands to run");
     for (port, node) in [("8379", "node-a"), ("8380", "node-b"), ("8381", "node-c")] {
-        assert!(str_list(&compose()["services"][node]["ports"]).contains(&format!("{port}:8379")));
+        assert!(str_list(&compose()["services"][node]["ports"]).contains(&format!("127.0.0.1:{port}:8379")));
         assert!(section.contains(port), "README names {node}'s admin port {port}");
     }
+    assert!(section.contains("http://localhost:3000/"), "README names the app's address");
 }

@@ -4,8 +4,13 @@
 //! ```text
 //! cargo run --example login_app                                  # embedded node, no setup
 //! cargo run --example login_app -- --grid redis://127.0.0.1:7000 # a cachegrid node or Redis
+//! cargo run --example login_app -- --grid redis://127.0.0.1:7000 --grid redis://127.0.0.1:7001
+//!                                        # a grid (Redis Cluster protocol): every --grid a seed
 //! curl -c jar -b jar -X POST 'localhost:3000/login?user=ada'; curl -b jar localhost:3000/
 //! ```
+//!
+//! `GET /health` answers `ok` while the app serves: `cachegrid health --admin HOST:PORT`
+//! checks it, which is how docker-compose.yml's health check of this app works.
 
 use anyhow::Context;
 use axum::extract::Query;
@@ -20,8 +25,13 @@ use serde::Deserialize;
 #[derive(Parser)]
 struct Args {
     /// A grid to keep sessions in (`redis://HOST:PORT`); default: a node embedded in this app.
+    /// Given more than once (or with --cluster), the grid is reached with the Redis Cluster
+    /// protocol and each URL is a seed.
     #[arg(long)]
-    grid: Option<String>,
+    grid: Vec<String>,
+    /// Reach the grid with the Redis Cluster protocol even through a single --grid seed.
+    #[arg(long)]
+    cluster: bool,
     /// Where the app listens.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: String,
@@ -85,6 +95,7 @@ fn routes() -> Router {
         .route("/count", post(count))
         .route("/cart", post(add_to_cart))
         .route("/logout", post(logout))
+        .route("/health", get(|| async { "ok\n" }))
 }
 
 #[tokio::main]
@@ -93,12 +104,16 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = SessionConfig::default().with_secure(!args.insecure);
     let routes = routes();
-    let router = match &args.grid {
-        Some(url) => {
+    let router = match args.grid.as_slice() {
+        [url] if !args.cluster => {
             let store = RemoteStore::new(GridConfig::single(url.clone())).context("grid URL")?;
             routes.layer(SessionLayer::new(store, config))
         }
-        None => {
+        [_, ..] => {
+            let store = RemoteStore::new(GridConfig::cluster(args.grid.clone())).context("grid URLs")?;
+            routes.layer(SessionLayer::new(store, config))
+        }
+        [] => {
             let store = EmbeddedStore::start().await.context("starting the embedded node")?;
             println!("embedded grid node on {}", store.addr().expect("embedded"));
             routes.layer(SessionLayer::new(store, config))

@@ -1,6 +1,8 @@
 //! The admin subcommands of the `cachegrid` binary: `status` prints the grid from a node's
 //! `/cluster`, `health` exits 0 when a node's `/health` answers (the container HEALTHCHECK,
-//! so the image needs no curl), `leave` takes a node out of the grid. They talk HTTP/1.1 to the admin port through hyper.
+//! so the image needs no curl), `leave` takes a node out of the grid, `rebalance` follows
+//! slots moving until the grid has settled. They talk HTTP/1.1 to the admin port through
+//! hyper.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -108,42 +110,88 @@ pub async fn status(addr: &str) -> anyhow::Result<String> {
 pub fn render_table(view: &ClusterView) -> String {
     let mut nodes: Vec<_> = view.nodes.iter().collect();
     nodes.sort_by(|a, b| (&a.zone, &a.address).cmp(&(&b.zone, &b.address)));
-    let header = ["ZONE", "NODE", "ADDRESS", "ROLE", "SLOTS", "KEYS", "MEMORY", "OPS/S", "CLIENTS", "STATE"];
-    let mut rows: Vec<[String; 10]> = vec![header.map(String::from)];
+    const COLUMNS: usize = 13;
+    let header = [
+        "ZONE", "NODE", "ADDRESS", "ROLE", "SLOTS", "REPLICAS", "KEYS", "MEMORY", "LAG", "QUEUE", "OPS/S",
+        "CLIENTS", "STATE",
+    ];
+    let mut rows: Vec<[String; COLUMNS]> = vec![header.map(String::from)];
     for n in &nodes {
         let me = if n.id == view.myself { "*" } else { "" };
+        let figure = |v: u64| if n.reachable { v.to_string() } else { "?".into() };
+        let lag = match (n.reachable, n.replication.is_empty()) {
+            (false, _) => "?".to_string(),
+            (true, true) => "-".to_string(),
+            (true, false) => {
+                let (secs, pending) = n.worst_lag();
+                format!("{secs:.1}s/{pending}")
+            }
+        };
+        let queue = match (n.reachable, n.writebehind.is_empty()) {
+            (false, _) => "?".to_string(),
+            (true, true) => "-".to_string(),
+            (true, false) => {
+                let pending: u64 = n.writebehind.iter().map(|q| q.pending_keys).sum();
+                let db = if n.postgres_up == Some(false) { " db down" } else { "" };
+                format!("{pending}{db}")
+            }
+        };
+        let state = match (&n.not_ready, n.reachable) {
+            (_, false) => "unreachable".to_string(),
+            (Some(why), _) => why.clone(),
+            (None, _) => "ready".to_string(),
+        };
         rows.push([
             n.zone.clone().unwrap_or_else(|| "-".into()),
             format!("{}{me}", &n.id[..n.id.len().min(8)]),
             n.address.clone(),
-            n.role.clone(),
+            format!("{}{}", n.role, if n.leader { " (leader)" } else { "" }),
             format!("{} ({})", n.slot_count(), ranges(&n.slots)),
-            n.keys.to_string(),
-            human_bytes(n.memory_bytes),
-            n.ops_per_sec.to_string(),
-            n.clients.to_string(),
-            if n.ready { "ready".into() } else { "draining".into() },
+            n.replica_slot_count().to_string(),
+            figure(n.keys),
+            if n.reachable { human_bytes(n.memory_bytes) } else { "?".into() },
+            lag,
+            queue,
+            figure(n.ops_per_sec),
+            figure(n.clients),
+            state,
         ]);
     }
-    let widths: Vec<usize> = (0..10).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..COLUMNS).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in &rows {
         let line: Vec<String> = r.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     let slots: u32 = view.nodes.iter().map(|n| n.slot_count()).sum();
-    let _ = writeln!(
-        out,
-        "{} node(s), {slots}/{} slots served; * = the node asked",
-        nodes.len(),
-        view.slots_total
-    );
+    let mut summary = format!("{} node(s), {slots}/{} slots served", nodes.len(), view.slots_total);
+    if let Some(epoch) = view.epoch {
+        let zones: std::collections::BTreeSet<_> =
+            view.nodes.iter().filter_map(|n| n.zone.as_ref()).collect();
+        let _ = write!(
+            summary,
+            " in {} zone(s), map epoch {epoch}, {} slots moving",
+            zones.len(),
+            view.slots_moving
+        );
+    }
+    let _ = writeln!(out, "{summary}; * = the node asked");
     out
 }
 
+/// Slot ranges as `0-5460,10923`, the first few only (a node's primaries can be many ranges
+/// after joins and leaves).
 fn ranges(slots: &[[u16; 2]]) -> String {
-    let parts: Vec<String> =
-        slots.iter().map(|[a, b]| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+    const SHOWN: usize = 3;
+    let mut parts: Vec<String> = slots
+        .iter()
+        .take(SHOWN)
+        .map(|[a, b]| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .collect();
+    if slots.len() > SHOWN {
+        parts.push(format!("+{} ranges", slots.len() - SHOWN));
+    }
     parts.join(",")
 }
 
@@ -163,21 +211,88 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// The fields of `/cluster/moving`'s answer (`member 1 slots_leaving 0 epoch 3 ...`).
+struct Moving(String);
+
+impl Moving {
+    async fn get(addr: &str) -> anyhow::Result<Moving> {
+        let (status, body) = get(addr, "/cluster/moving").await?;
+        let text = String::from_utf8_lossy(&body).trim().to_string();
+        if status != StatusCode::OK {
+            bail!("{addr}/cluster/moving answered {status}: {text}");
+        }
+        Ok(Moving(text))
+    }
+
+    fn field(&self, name: &str) -> Option<u64> {
+        let mut words = self.0.split_whitespace();
+        words.find(|w| *w == name).and(words.next()).and_then(|v| v.parse::<u64>().ok())
+    }
+}
+
+/// `cachegrid rebalance`: follows the slots moving in the grid (as the node at `addr` sees
+/// the map) with a progress bar on stderr until none is left, for at most `limit`. Placement
+/// is a pure function of membership, so a join or a leave starts its moves by itself and
+/// there is nothing to trigger; on a settled grid this says so and returns at once.
+pub async fn rebalance(addr: &str, limit: Duration) -> anyhow::Result<String> {
+    use std::io::{IsTerminal, Write};
+    let deadline = tokio::time::Instant::now() + limit;
+    let first = Moving::get(addr).await?;
+    let Some(moving) = first.field("slots_moving") else {
+        bail!("{addr} does not report grid-wide moves ({:?}): is it an older version?", first.0);
+    };
+    if moving == 0 {
+        let epoch = first.field("epoch").unwrap_or(0);
+        return Ok(format!("the grid is balanced: no slot is moving (map epoch {epoch})\n"));
+    }
+    let tty = std::io::stderr().is_terminal();
+    let mut total = moving;
+    let mut last = String::new();
+    loop {
+        let now = Moving::get(addr).await?;
+        let left = now.field("slots_moving").unwrap_or(0);
+        total = total.max(left);
+        let line = progress_line(total, left);
+        if line != last {
+            if tty {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+            let _ = std::io::stderr().flush();
+            last = line;
+        }
+        if left == 0 {
+            if tty {
+                eprintln!();
+            }
+            let epoch = now.field("epoch").unwrap_or(0);
+            return Ok(format!("done: the grid is balanced, {total} slots moved (map epoch {epoch})\n"));
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("slots still moving after {limit:?}: {left} left");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `[#########...........]  512/1365 slots moved, 853 left`.
+pub fn progress_line(total: u64, left: u64) -> String {
+    const WIDTH: u64 = 30;
+    let done = total.saturating_sub(left);
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH) as usize;
+    let bar = format!("{}{}", "#".repeat(filled), ".".repeat(WIDTH as usize - filled));
+    format!("[{bar}] {done}/{total} slots moved, {left} left")
+}
+
 /// Polls `/cluster/moving` at `addr` until the node is out of the map, printing the slots it
 /// still has to move (every second, on stderr), for at most `limit`.
 pub async fn wait_until_left(addr: &str, limit: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut last = String::new();
     loop {
-        let (status, body) = get(addr, "/cluster/moving").await?;
-        let text = String::from_utf8_lossy(&body).trim().to_string();
-        if status != StatusCode::OK {
-            bail!("{addr}/cluster/moving answered {status}: {text}");
-        }
-        let field = |name: &str| {
-            let mut words = text.split_whitespace();
-            words.find(|w| *w == name).and(words.next()).and_then(|v| v.parse::<u64>().ok())
-        };
+        let moving = Moving::get(addr).await?;
+        let field = |name: &str| moving.field(name);
         if field("member") == Some(0) {
             eprintln!("done: the node holds no slot");
             return Ok(());
@@ -188,7 +303,7 @@ pub async fn wait_until_left(addr: &str, limit: Duration) -> anyhow::Result<()> 
             last = line;
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("the node has not left after {limit:?}: {text}");
+            bail!("the node has not left after {limit:?}: {}", moving.0);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -206,7 +321,14 @@ mod tests {
             admin: String::new(),
             zone: zone.map(Into::into),
             role: "primary".into(),
+            roles: vec!["primary".into()],
             slots,
+            replica_slots: Vec::new(),
+            slots_importing: 0,
+            slots_migrating: 0,
+            leader: false,
+            leaving: false,
+            reachable: true,
             keys: 42,
             memory_bytes: 3 << 20,
             maxmemory_bytes: 0,
@@ -214,7 +336,11 @@ mod tests {
             ops_per_sec: 7,
             uptime_seconds: 1,
             ready: true,
+            not_ready: None,
             version: "0".into(),
+            replication: Vec::new(),
+            writebehind: Vec::new(),
+            postgres_up: None,
         }
     }
 
@@ -223,6 +349,8 @@ mod tests {
         let view = ClusterView {
             myself: "aaaaaaaaaa".into(),
             slots_total: 16384,
+            epoch: None,
+            slots_moving: 0,
             nodes: vec![
                 node("aaaaaaaaaa", Some("z1"), vec![[0, 8191]]),
                 node("bbbbbbbbb", Some("z2"), vec![[8192, 16383]]),
@@ -232,6 +360,51 @@ mod tests {
         assert!(t.contains("z1") && t.contains("aaaaaaaa*") && t.contains("8192 (0-8191)"), "{t}");
         assert!(t.contains("8192 (8192-16383)") && t.contains("3.00M"), "{t}");
         assert!(t.ends_with("2 node(s), 16384/16384 slots served; * = the node asked\n"), "{t}");
+    }
+
+    #[test]
+    fn the_table_shows_roles_lag_queues_and_unreachable_members_of_a_grid() {
+        use crate::admin::cluster::{QueueStatus, ReplicaStatus};
+        let mut a = node("aaaaaaaaaa", Some("z1"), vec![[0, 100], [200, 300], [400, 500], [600, 700]]);
+        a.role = "primary+replica".into();
+        a.leader = true;
+        a.replica_slots = vec![[101, 199]];
+        a.replication = vec![
+            ReplicaStatus { replica: "b".into(), pending_keys: 5, lag_seconds: 0.25 },
+            ReplicaStatus { replica: "c".into(), pending_keys: 2, lag_seconds: 1.5 },
+        ];
+        a.writebehind = vec![QueueStatus {
+            keyspace: "sessions".into(),
+            pending_keys: 9,
+            queue_bytes: 100,
+            oldest_pending_seconds: 0.5,
+            failures: 0,
+        }];
+        a.postgres_up = Some(false);
+        let mut b = node("bbbbbbbbbb", Some("z2"), vec![]);
+        b.reachable = false;
+        let view = ClusterView {
+            myself: "aaaaaaaaaa".into(),
+            slots_total: 16384,
+            epoch: Some(7),
+            slots_moving: 3,
+            nodes: vec![a, b],
+        };
+        let t = render_table(&view);
+        assert!(t.contains("primary+replica (leader)") && t.contains("+1 ranges"), "{t}");
+        assert!(t.contains("1.5s/7") && t.contains("9 db down"), "{t}");
+        assert!(t.contains("unreachable"), "{t}");
+        assert!(t.ends_with("in 2 zone(s), map epoch 7, 3 slots moving; * = the node asked\n"), "{t}");
+    }
+
+    #[test]
+    fn the_progress_bar_fills_as_slots_move() {
+        assert_eq!(progress_line(10, 10), format!("[{}] 0/10 slots moved, 10 left", ".".repeat(30)));
+        assert_eq!(
+            progress_line(10, 5),
+            format!("[{}{}] 5/10 slots moved, 5 left", "#".repeat(15), ".".repeat(15))
+        );
+        assert_eq!(progress_line(0, 0), format!("[{}] 0/0 slots moved, 0 left", "#".repeat(30)));
     }
 
     #[test]

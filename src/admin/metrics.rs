@@ -1,7 +1,8 @@
 //! `/metrics`: the node's counters pushed into a node-local `metrics` recorder when scraped,
 //! rendered in Prometheus text format by `metrics-exporter-prometheus`. Scrape-time pushing
-//! keeps the hot path free of the recorder; subsystems (replication, write-behind) add their
-//! own figures with a [`Collector`].
+//! keeps the hot path free of the recorder; subsystems (write-behind) add their own figures
+//! with a [`Collector`], and the grid's (map, slots, moves, replica lag) are read from the
+//! node's cluster state.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_util::MetricKindMask;
 use parking_lot::Mutex;
 
 use super::stats::{CommandTotals, BUCKETS, LATENCY_BOUNDS};
@@ -66,6 +68,9 @@ impl Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full("cachegrid_command_latency_seconds".into()), LATENCY_BOUNDS)
             .expect("latency buckets are not empty")
+            // Gauges are all set again at every scrape: one not set for a second is a series
+            // that ended (a replica that left), and goes instead of lingering at its last value.
+            .idle_timeout(MetricKindMask::GAUGE, Some(std::time::Duration::from_secs(1)))
             .build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, describe);
@@ -91,6 +96,7 @@ impl Metrics {
         metrics::with_local_recorder(&self.recorder, || {
             collect_node(server, &mut seen);
             collect_commands(&mut seen, server.command_stats.totals());
+            collect_grid(server, &mut seen);
             for c in &collectors {
                 c.collect();
             }
@@ -144,6 +150,50 @@ fn collect_node(server: &Server, seen: &mut Seen) {
     gauge!("cachegrid_ready").set(if super::cluster::is_ready(server) { 1.0 } else { 0.0 });
 }
 
+/// The grid's figures, in cluster mode: the map, this node's slots and moves, replication.
+fn collect_grid(server: &Server, seen: &mut Seen) {
+    let Some(cluster) = server.cluster.get() else { return };
+    let view = cluster.view();
+    let map = &view.map;
+    gauge!("cachegrid_cluster_epoch").set(map.epoch as f64);
+    gauge!("cachegrid_cluster_members").set(map.nodes.len() as f64);
+    gauge!("cachegrid_cluster_slots_moving").set(map.migrations.len() as f64);
+    let leader = server.consensus.get().and_then(|c| c.leader());
+    gauge!("cachegrid_cluster_leader").set(if leader == Some(cluster.me) { 1.0 } else { 0.0 });
+    let (mut primary, mut replica) = (0usize, 0usize);
+    let (mut leaving, mut arriving) = (0usize, 0usize);
+    if let Some(me) = view.me {
+        primary = map.slots.iter().filter(|o| o.primary == Some(me)).count();
+        replica = map.slots.iter().filter(|o| o.replicas.contains(&me)).count();
+        leaving = map.migrations.values().filter(|m| m.from == me).count();
+        arriving = map.migrations.values().filter(|m| m.to == me).count();
+    }
+    gauge!("cachegrid_cluster_slots", "role" => "primary").set(primary as f64);
+    gauge!("cachegrid_cluster_slots", "role" => "replica").set(replica as f64);
+    gauge!("cachegrid_migration_slots", "direction" => "out").set(leaving as f64);
+    gauge!("cachegrid_migration_slots", "direction" => "in").set(arriving as f64);
+    let c = &cluster.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    for (name, direction, value) in [
+        ("cachegrid_migration_keys_total", "out", load(&c.keys_migrated_out)),
+        ("cachegrid_migration_keys_total", "in", load(&c.keys_migrated_in)),
+        ("cachegrid_replication_keys_total", "out", load(&c.keys_replicated_out)),
+        ("cachegrid_replication_keys_total", "in", load(&c.keys_replicated_in)),
+    ] {
+        let before = seen.counters.insert((name, direction), value).unwrap_or(0);
+        counter!(name, "direction" => direction).increment(value.saturating_sub(before));
+    }
+    seen.counter("cachegrid_cluster_failovers_total", "", load(&c.failovers));
+    if let Some(r) = server.replication.get() {
+        for lag in r.lag(super::cluster::replicas_of(map, view.me)) {
+            let replica = lag.replica.to_string();
+            gauge!("cachegrid_replication_pending_keys", "replica" => replica.clone())
+                .set(lag.pending_keys as f64);
+            gauge!("cachegrid_replication_lag_seconds", "replica" => replica).set(lag.behind.as_secs_f64());
+        }
+    }
+}
+
 fn describe() {
     use Unit::{Bytes, Count, Seconds};
     describe_counter!(
@@ -178,5 +228,47 @@ fn describe() {
     describe_gauge!("cachegrid_memory_rss_bytes", Bytes, "Resident set size of the process.");
     describe_gauge!("cachegrid_maxmemory_bytes", Bytes, "The maxmemory limit; 0 means none.");
     describe_gauge!("cachegrid_uptime_seconds", Seconds, "Seconds since the node started.");
-    describe_gauge!("cachegrid_ready", "1 when /ready answers 200 (serving, not draining), else 0.");
+    describe_gauge!(
+        "cachegrid_ready",
+        "1 when /ready answers 200 (serving, caught up, not draining or leaving), else 0."
+    );
+    describe_gauge!("cachegrid_cluster_epoch", "Epoch of the slot map in force on this node.");
+    describe_gauge!("cachegrid_cluster_members", Count, "Members in this node's slot map.");
+    describe_gauge!("cachegrid_cluster_leader", "1 while this node is the Raft leader, else 0.");
+    describe_gauge!(
+        "cachegrid_cluster_slots",
+        Count,
+        "Slots this node serves, by role (primary or replica)."
+    );
+    describe_gauge!("cachegrid_cluster_slots_moving", Count, "Slots moving between nodes in the whole grid.");
+    describe_gauge!(
+        "cachegrid_migration_slots",
+        Count,
+        "Slots migrating from this node (out) or to it (in)."
+    );
+    describe_counter!(
+        "cachegrid_migration_keys_total",
+        Count,
+        "Keys moved with their slots, sent (out) or received (in)."
+    );
+    describe_counter!(
+        "cachegrid_replication_keys_total",
+        Count,
+        "Keys shipped to replicas (out) or applied from primaries (in)."
+    );
+    describe_counter!(
+        "cachegrid_cluster_failovers_total",
+        Count,
+        "Silent members this node failed over as Raft leader."
+    );
+    describe_gauge!(
+        "cachegrid_replication_pending_keys",
+        Count,
+        "Changed keys not yet sent to a replica of this node's slots."
+    );
+    describe_gauge!(
+        "cachegrid_replication_lag_seconds",
+        Seconds,
+        "Seconds since a replica of this node's slots was last caught up; 0 when it is."
+    );
 }

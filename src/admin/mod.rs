@@ -1,7 +1,7 @@
 //! The admin HTTP port (axum): `/metrics` (Prometheus), `/health`, `/ready`, `/cluster` (JSON)
 //! and `/` (a self-contained live dashboard). It runs beside the client port, by default on
 //! the client port + 1000, and is described in `docs/ADMIN.md`. `cli` is the admin side of the
-//! `cachegrid` binary (`status`, `health`), which reads this port.
+//! `cachegrid` binary (`status`, `health`, `leave`, `rebalance`), which reads this port.
 
 pub mod cli;
 pub mod cluster;
@@ -18,12 +18,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::server::Server;
-use cluster::{ClusterSource, ClusterView, LocalNode};
+use cluster::{ClusterView, NodeStatus};
 
 /// The dashboard: one page, no external assets.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -39,34 +38,30 @@ impl OpsRate {
     }
 }
 
-/// The admin port's state, shared by its handlers; the grid and write-behind plug their data
-/// in through [`Admin::set_cluster_source`] and [`Admin::add_collector`].
+/// The admin port's state, shared by its handlers; write-behind plugs its figures in through
+/// [`Admin::add_collector`], the grid's are read from the server's cluster state.
 pub struct Admin {
     server: Arc<Server>,
     /// Where the admin port listens.
     pub addr: SocketAddr,
     metrics: metrics::Metrics,
     rate: OpsRate,
-    source: RwLock<Arc<dyn ClusterSource>>,
 }
 
 impl Admin {
-    /// Replaces where `/cluster` gets its list of nodes (the grid installs its membership).
-    pub fn set_cluster_source(&self, source: Arc<dyn ClusterSource>) {
-        *self.source.write() = source;
-    }
-
     /// Adds figures to `/metrics`.
     pub fn add_collector(&self, c: Arc<dyn metrics::Collector>) {
         self.metrics.add_collector(c);
     }
 
-    /// The `/cluster` document now.
-    pub fn cluster(&self) -> ClusterView {
-        let local = cluster::local_status(&self.server, &self.addr.to_string(), &self.rate);
-        let myself = local.id.clone();
-        let source = self.source.read().clone();
-        ClusterView { myself, slots_total: crate::store::slot::SLOT_COUNT as u32, nodes: source.nodes(local) }
+    /// This node's own status, as it reports it to `/cluster` here and to peers that ask.
+    pub fn local_status(&self) -> NodeStatus {
+        cluster::local_status(&self.server, &self.addr.to_string(), self.rate.get())
+    }
+
+    /// The `/cluster` document now: every member of the grid (this node alone when standalone).
+    pub async fn cluster(&self) -> ClusterView {
+        cluster::grid_view(&self.server, self.local_status()).await
     }
 
     /// The `/metrics` text now.
@@ -93,8 +88,8 @@ pub fn start(server: Arc<Server>, listener: TcpListener) -> anyhow::Result<Arc<A
         addr,
         metrics: metrics::Metrics::new(),
         rate: OpsRate::default(),
-        source: RwLock::new(Arc::new(LocalNode)),
     });
+    let _ = server.admin.set(Arc::downgrade(&admin));
     info!(admin = %addr, "admin HTTP port listening");
     tokio::spawn(measure_rate(admin.clone()));
     let app = router(admin.clone());
@@ -148,14 +143,10 @@ async fn health() -> &'static str {
     "ok\n"
 }
 
-async fn ready(State(admin): State<Arc<Admin>>) -> (StatusCode, &'static str) {
-    let s = &admin.server;
-    if s.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else if s.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else {
-        (StatusCode::OK, "ready\n")
+async fn ready(State(admin): State<Arc<Admin>>) -> (StatusCode, String) {
+    match cluster::not_ready(&admin.server) {
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+        None => (StatusCode::OK, "ready\n".into()),
     }
 }
 
@@ -190,9 +181,10 @@ async fn cluster_leave(
     }
 }
 
-/// `GET /cluster/moving`: `member M slots_leaving N epoch E` — whether this node is in the
-/// map, how many of its slots are still migrating away, and the map epoch. `cachegrid leave`
-/// polls it to show progress.
+/// `GET /cluster/moving`: `member M slots_leaving N epoch E slots_moving G` — whether this
+/// node is in the map, how many of its slots are still migrating away, the map epoch, and how
+/// many slots are moving in the whole grid. `cachegrid leave` and `cachegrid rebalance` poll
+/// it to show progress.
 async fn cluster_moving(State(admin): State<Arc<Admin>>) -> (StatusCode, String) {
     let Some(cluster) = admin.server.cluster.get() else {
         return (StatusCode::CONFLICT, "this node is not in cluster mode\n".into());
@@ -200,9 +192,10 @@ async fn cluster_moving(State(admin): State<Arc<Admin>>) -> (StatusCode, String)
     let view = cluster.view();
     let leaving = view.me.map_or(0, |me| view.map.migrations.values().filter(|m| m.from == me).count());
     let member = view.me.is_some() as u8;
-    (StatusCode::OK, format!("member {member} slots_leaving {leaving} epoch {}\n", view.map.epoch))
+    let (epoch, moving) = (view.map.epoch, view.map.migrations.len());
+    (StatusCode::OK, format!("member {member} slots_leaving {leaving} epoch {epoch} slots_moving {moving}\n"))
 }
 
 async fn cluster_json(State(admin): State<Arc<Admin>>) -> Json<ClusterView> {
-    Json(admin.cluster())
+    Json(admin.cluster().await)
 }

@@ -46,6 +46,9 @@ pub enum BusRequest {
     Forget(NodeId),
     /// Are you there? (the leader's failure detector).
     Ping,
+    /// Your figures, please (keys, memory, lag, queues: the admin port's `/cluster` on the
+    /// node asked shows every member's).
+    Status,
     /// A migration source has moved these slots (forwarded to the leader, which commits it).
     SlotsMoved {
         /// The old primary.
@@ -73,6 +76,8 @@ pub enum BusResponse {
     Imported(Result<usize, String>),
     /// To [`BusRequest::Ping`].
     Pong,
+    /// To [`BusRequest::Status`]: the node's own status; None while its admin port is not up.
+    Status(Option<Box<crate::admin::cluster::NodeStatus>>),
 }
 
 /// Why a bus call failed.
@@ -266,7 +271,13 @@ async fn serve_peer(
         } else {
             let request: BusRequest = serde_json::from_slice(&body)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            consensus.handle(request).await
+            match request {
+                // The admin port knows the figures, not consensus.
+                BusRequest::Status => BusResponse::Status(
+                    server.admin.get().and_then(std::sync::Weak::upgrade).map(|a| Box::new(a.local_status())),
+                ),
+                request => consensus.handle(request).await,
+            }
         };
         write_frame(&mut stream, &response).await?;
     }

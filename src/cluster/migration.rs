@@ -101,6 +101,7 @@ pub fn import(server: &Server, slot: u16, entries: Vec<MovedEntry>) -> Result<us
             }
         }
     });
+    cluster.counters.keys_migrated_in.fetch_add(stored as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(stored)
 }
 
@@ -182,6 +183,8 @@ async fn move_slots(
             match answer {
                 Ok(BusResponse::Imported(Ok(_))) => {
                     moved += entries.len();
+                    let sent = entries.len() as u64;
+                    cluster.counters.keys_migrated_out.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
                     cluster.release_in_flight(entries.iter().map(|e| &e.key[..]));
                 }
                 other => {

@@ -73,7 +73,7 @@ pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()>
     tokio::spawn(consensus.clone().keep_lease(server.shutdown.clone()));
     tokio::spawn(migration::run(server.clone()));
     tokio::spawn(stale::run(server.clone(), cluster_for_replication.clone()));
-    crate::replication::Replication::start(server, cluster_for_replication);
+    let _ = server.replication.set(crate::replication::Replication::start(server, cluster_for_replication));
     let shutdown = server.shutdown.clone();
     tokio::spawn(async move { consensus.establish(&config.cluster_join, shutdown).await });
     tracing::info!(node_id = %me, zone = %config.zone, "cluster mode");

@@ -30,6 +30,24 @@ pub struct Cluster {
     unready: parking_lot::Mutex<std::collections::BTreeSet<u16>>,
     /// Wakes the task that drops stale copies.
     pub unready_changed: tokio::sync::Notify,
+    /// Counters the admin port's `/metrics` reports (the movers and the failure detector
+    /// bump them; nothing reads them on the request path).
+    pub counters: GridCounters,
+}
+
+/// What the grid machinery has done on this node since it started.
+#[derive(Default)]
+pub struct GridCounters {
+    /// Keys this node sent to a slot's new primary (migrations away from here).
+    pub keys_migrated_out: std::sync::atomic::AtomicU64,
+    /// Keys this node stored for slots migrating to it.
+    pub keys_migrated_in: std::sync::atomic::AtomicU64,
+    /// Keys this node, as a slot's primary, shipped to replicas (acknowledged batches).
+    pub keys_replicated_out: std::sync::atomic::AtomicU64,
+    /// Keys this node, as a replica, applied from primaries.
+    pub keys_replicated_in: std::sync::atomic::AtomicU64,
+    /// Members this node, as Raft leader, failed over (committed `Forget`s of silent members).
+    pub failovers: std::sync::atomic::AtomicU64,
 }
 
 /// What this node is for one slot, by the map in force.
@@ -129,6 +147,7 @@ impl Cluster {
             },
             unready: Default::default(),
             unready_changed: tokio::sync::Notify::new(),
+            counters: GridCounters::default(),
         }
     }
 

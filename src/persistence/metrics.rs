@@ -55,3 +55,26 @@ fn describe() {
     describe_counter!("cachegrid_writebehind_failures_total", Unit::Count, "Failed batch attempts.");
     describe_counter!("cachegrid_writebehind_dead_letters_total", Unit::Count, "Rows moved to dead letters.");
 }
+
+impl Persistence {
+    /// Whether Postgres is reachable, and each write-behind queue, for the admin port's
+    /// `/cluster` (the same figures `/metrics` exports).
+    pub fn admin_status(&self) -> (bool, Vec<crate::admin::cluster::QueueStatus>) {
+        let queues = self
+            .spaces
+            .iter()
+            .filter_map(|s| {
+                let w = s.writer.as_ref()?;
+                let (keys, oldest) = w.pending();
+                Some(crate::admin::cluster::QueueStatus {
+                    keyspace: s.cfg.name.clone(),
+                    pending_keys: keys as u64,
+                    queue_bytes: w.queue.bytes(),
+                    oldest_pending_seconds: oldest.as_secs_f64(),
+                    failures: w.stats.failures.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        (self.shared.health.is_up(), queues)
+    }
+}

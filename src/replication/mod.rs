@@ -52,12 +52,31 @@ pub struct Replication {
     dirty: Mutex<HashMap<NodeId, HashSet<Box<[u8]>>>>,
     /// Wakes the sender.
     wake: tokio::sync::Notify,
+    /// Per replica, since when it has had changes not yet acknowledged (for `/metrics` and
+    /// `/cluster`: how far behind it may be). Locked after `dirty`, never before.
+    behind_since: Mutex<HashMap<NodeId, std::time::Instant>>,
+}
+
+/// How far one replica of this node's slots is behind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaLag {
+    /// The replica.
+    pub replica: NodeId,
+    /// Changed keys not yet handed to the sender (a full sync counts every key of the slot).
+    pub pending_keys: usize,
+    /// Time since the replica was last caught up; zero when it is.
+    pub behind: Duration,
 }
 
 impl Replication {
     /// Starts replication for a node in cluster mode: the listener and the sender task.
     pub fn start(server: &Arc<Server>, cluster: Arc<Cluster>) -> Arc<Replication> {
-        let r = Arc::new(Replication { cluster, dirty: Mutex::default(), wake: tokio::sync::Notify::new() });
+        let r = Arc::new(Replication {
+            cluster,
+            dirty: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            behind_since: Mutex::default(),
+        });
         server.keyspace.add_listener(r.clone());
         tokio::spawn(send_loop(server.clone(), r.clone()));
         r
@@ -68,6 +87,31 @@ impl Replication {
         let mut dirty = self.dirty.lock();
         let set = dirty.entry(replica).or_default();
         set.extend(keys.map(Box::from));
+        if !set.is_empty() {
+            self.behind_since.lock().entry(replica).or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    /// After a batch to `replica` was acknowledged: caught up if nothing else is pending.
+    fn settled(&self, replica: NodeId) {
+        let dirty = self.dirty.lock();
+        if dirty.get(&replica).is_none_or(|keys| keys.is_empty()) {
+            self.behind_since.lock().remove(&replica);
+        }
+    }
+
+    /// How far each of `replicas` is behind (the replicas of this node's slots, from the map).
+    pub fn lag(&self, replicas: impl IntoIterator<Item = NodeId>) -> Vec<ReplicaLag> {
+        let dirty = self.dirty.lock();
+        let since = self.behind_since.lock();
+        replicas
+            .into_iter()
+            .map(|replica| ReplicaLag {
+                replica,
+                pending_keys: dirty.get(&replica).map_or(0, |k| k.len()),
+                behind: since.get(&replica).map_or(Duration::ZERO, |t| t.elapsed()),
+            })
+            .collect()
     }
 }
 
@@ -85,7 +129,12 @@ impl ChangeListener for Replication {
         }
         let mut dirty = self.dirty.lock();
         for &r in &owners.replicas {
-            dirty.entry(view.map.node(r).id).or_default().insert(change.key.into());
+            let replica = view.map.node(r).id;
+            let set = dirty.entry(replica).or_default();
+            if set.is_empty() {
+                self.behind_since.lock().entry(replica).or_insert_with(std::time::Instant::now);
+            }
+            set.insert(change.key.into());
         }
         drop(dirty);
         self.wake.notify_one();
@@ -133,6 +182,7 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
         let mut more = false;
         for (node, keys) in batches {
             let Some(info) = view.map.index_of(&node).map(|i| view.map.node(i).clone()) else {
+                r.settled(node);
                 continue; // no longer a member: nothing to send
             };
             let link = links
@@ -141,7 +191,15 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
             let entries = read_current(&server, &keys);
             let request = DataRequest::Replicate { from: r.cluster.me.0, epoch: view.map.epoch, entries };
             match link.call_data(&request, BATCH_TIMEOUT).await {
-                Ok(BusResponse::Imported(Ok(_))) => more = true,
+                Ok(BusResponse::Imported(Ok(_))) => {
+                    let sent = keys.len() as u64;
+                    r.cluster
+                        .counters
+                        .keys_replicated_out
+                        .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+                    r.settled(node);
+                    more = true
+                }
                 other => {
                     tracing::debug!(replica = %node, answer = ?other.map(|_| ()), "replication batch not taken; will retry");
                     r.mark(node, keys.iter().map(|k| &k[..]));
@@ -238,5 +296,8 @@ pub fn apply(server: &Server, from: NodeId, epoch: u64, keys: Vec<ReplicatedKey>
         Ok(applied)
     });
     APPLYING.with(|a| a.set(false));
+    if let Ok(n) = result {
+        cluster.counters.keys_replicated_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
     result
 }

@@ -87,6 +87,12 @@ pub struct Server {
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// This node's part in the grid's consensus, in cluster mode.
     pub consensus: std::sync::OnceLock<Arc<crate::cluster::Consensus>>,
+    /// Replication of this node's slots to their replicas, in cluster mode (the admin port
+    /// reads how far behind each replica is).
+    pub replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
+    /// The admin port, once it serves: peers ask for this node's status over the cluster bus.
+    /// Weak, since the admin port holds the server.
+    pub admin: std::sync::OnceLock<std::sync::Weak<crate::admin::Admin>>,
     /// ACL users (the `default` user carries `requirepass`).
     pub acl: crate::acl::Acl,
 }
@@ -143,6 +149,8 @@ impl Server {
             persistence: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
             consensus: std::sync::OnceLock::new(),
+            replication: std::sync::OnceLock::new(),
+            admin: std::sync::OnceLock::new(),
         };
         server.keyspace.add_listener(server.tracking.clone());
         server.memory.refresh(0);

@@ -137,6 +137,12 @@ impl Consensus {
         self.machine.state().grid
     }
 
+    /// Members on their way out of the grid (their slots are moving away), for the admin port:
+    /// read in place, without copying the grid.
+    pub fn leaving(&self) -> Vec<NodeId> {
+        self.machine.with_grid(|g| g.map(|g| g.leaving.iter().copied().collect()).unwrap_or_default())
+    }
+
     /// The current Raft leader, if one is known.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
@@ -379,7 +385,13 @@ impl Consensus {
                 } else if seen.elapsed() > timeout && replaceable(id) {
                     tracing::warn!(node = %id, silent_ms = seen.elapsed().as_millis() as u64, "member not answering: failing it over");
                     match self.raft.client_write(GridCommand::Forget(id)).await {
-                        Ok(r) => tracing::info!(node = %id, epoch = r.data.epoch, "failed over"),
+                        Ok(r) => {
+                            self.cluster
+                                .counters
+                                .failovers
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!(node = %id, epoch = r.data.epoch, "failed over")
+                        }
                         Err(e) => tracing::warn!(node = %id, error = %e, "failover not committed"),
                     }
                     last_ok.remove(&id);
@@ -461,6 +473,8 @@ impl Consensus {
                 BusResponse::AppendEntries(r)
             }
             BusRequest::Ping => BusResponse::Pong,
+            // Answered by the bus itself (it needs the admin port), never here.
+            BusRequest::Status => BusResponse::Status(None),
             BusRequest::Vote(rpc) => BusResponse::Vote(self.raft.vote(rpc).await),
             BusRequest::InstallSnapshot(rpc) => {
                 BusResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await)
