@@ -8,6 +8,19 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
+/// How a slot's primary replicates a write (see `cluster-replication`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicationMode {
+    /// Answer at once; replicas catch up (a write acknowledged just before its primary dies
+    /// can be lost).
+    #[default]
+    Async,
+    /// Answer once every replica of the slot has applied the write: a failover loses no
+    /// acknowledged write.
+    Sync,
+}
+
 /// Everything a node can be configured with.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
@@ -96,6 +109,13 @@ pub struct Config {
     /// (removed, its slots given to their replicas). A member cut off from the leader stops
     /// serving its slots after half of this, so two primaries never serve one slot.
     pub cluster_node_timeout: u64,
+    /// How a slot's primary replicates writes of keys outside any `[[keyspace]]` with its own
+    /// `replication`: `async` (answer at once, replicas catch up) or `sync` (answer once every
+    /// replica of the slot has applied the write).
+    pub cluster_replication: ReplicationMode,
+    /// Milliseconds a `sync` write waits for its replicas; past it the client is told the
+    /// write is applied on the primary but its outcome unknown.
+    pub cluster_replication_timeout: u64,
     /// Refuse non-loopback clients while the `default` user has no password
     /// (`protected-mode`, on by default as in Redis).
     pub protected_mode: bool,
@@ -142,6 +162,8 @@ impl Default for Config {
             cluster_announce_ip: String::new(),
             cluster_join: Vec::new(),
             cluster_node_timeout: 1000,
+            cluster_replication: ReplicationMode::Async,
+            cluster_replication_timeout: 1000,
             protected_mode: true,
             acl: Vec::new(),
         }
@@ -242,6 +264,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "cluster-node-timeout",
                 reason: "must be between 200 and 600000 milliseconds".into(),
+            });
+        }
+        if !(10..=600_000).contains(&self.cluster_replication_timeout) {
+            return Err(ConfigError::Invalid {
+                name: "cluster-replication-timeout",
+                reason: "must be between 10 and 600000 milliseconds".into(),
             });
         }
         for seed in &self.cluster_join {

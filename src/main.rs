@@ -160,6 +160,10 @@ struct NodeArgs {
     #[arg(long = "cluster-node-timeout")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-node-timeout")]
     cluster_node_timeout: Option<u64>,
+    /// Replication of writes in a grid: async (default) or sync.
+    #[arg(long = "cluster-replication")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-replication")]
+    cluster_replication: Option<String>,
     /// Cluster bus port; default: client port + 10000.
     #[arg(long = "cluster-port")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-port")]

@@ -438,3 +438,21 @@ fn command_docs_and_list_describe_our_commands() {
     let help: Vec<String> = redis::cmd("COMMAND").arg("HELP").query(&mut c).unwrap();
     assert!(help[0].starts_with("COMMAND <subcommand>"));
 }
+
+#[test]
+fn wait_on_a_standalone_node_matches_redis_without_replicas() {
+    let node = TestNode::start();
+    let Some(mut d) = Differential::new(&node, "conn_wait") else { return };
+    d.check_str(&["SET", "k", "v"]);
+    d.check_str(&["WAIT", "0", "0"]);
+    d.check_str(&["WAIT", "-1", "0"]);
+    // No replica ever answers: the timeout passes, none counted.
+    d.check_str(&["WAIT", "1", "20"]);
+    d.check_str(&["WAIT", "a", "0"]);
+    d.check_str(&["WAIT", "0", "a"]);
+    d.check_str(&["WAIT", "0", "-1"]);
+    d.check_str(&["WAIT", "1"]);
+    d.check_str(&["MULTI"]);
+    d.check_str(&["WAIT", "1", "0"]);
+    d.check_str(&["EXEC"]);
+}

@@ -98,6 +98,7 @@ const COVERED: &[&str] = &[
     "unlink",
     "unsubscribe",
     "unwatch",
+    "wait",
     "watch",
 ];
 
@@ -241,6 +242,8 @@ async fn connection_server_and_introspection() {
     let (secs, _micros): (String, String) = q(&mut c, &["TIME"]).await;
     assert!(secs.parse::<u64>().unwrap() > 1_700_000_000);
     assert!(q::<i64>(&mut c, &["LASTSAVE"]).await > 0);
+    // A standalone node has no replicas: WAIT counts none (tests/grid.rs waits on real ones).
+    assert_eq!(q::<i64>(&mut c, &["WAIT", "0", "0"]).await, 0);
     assert_eq!(q::<String>(&mut c, &["RESET"]).await, "RESET");
     // CLUSTER, READONLY, READWRITE and ASKING are cluster-mode commands (tests/cluster.rs runs
     // them in cluster mode): a standalone node refuses them with Redis's error, which the crate

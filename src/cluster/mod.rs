@@ -71,6 +71,7 @@ pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()>
     tokio::spawn(consensus.clone().reconcile(server.shutdown.clone()));
     tokio::spawn(consensus.clone().detect_failures(timeout, server.shutdown.clone()));
     tokio::spawn(consensus.clone().keep_lease(server.shutdown.clone()));
+    tokio::spawn(consensus.clone().rejoin(timeout, server.shutdown.clone()));
     tokio::spawn(migration::run(server.clone()));
     tokio::spawn(stale::run(server.clone(), cluster_for_replication.clone()));
     let _ = server.replication.set(crate::replication::Replication::start(server, cluster_for_replication));

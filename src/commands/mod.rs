@@ -11,6 +11,7 @@ pub mod connection;
 pub mod hashes;
 pub mod keys;
 pub mod pubsub;
+pub mod replication;
 pub mod server;
 pub mod strings;
 pub mod transactions;
@@ -165,6 +166,7 @@ pub fn all_commands() -> impl Iterator<Item = &'static CommandSpec> {
         transactions::COMMANDS,
         pubsub::COMMANDS,
         server::COMMANDS,
+        replication::COMMANDS,
         client::COMMANDS,
         cluster::COMMANDS,
         command::COMMANDS,

@@ -66,6 +66,10 @@ pub struct KeyspaceConfig {
     pub max_rows_per_sec: u64,
     /// How long an absent key is remembered, in milliseconds, so misses do not storm Postgres.
     pub negative_ttl_ms: u64,
+    /// In a grid: `sync` or `async` replication of this key space's writes; unset, the node's
+    /// `cluster-replication`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<crate::config::ReplicationMode>,
 }
 
 impl Default for KeyspaceConfig {
@@ -82,6 +86,7 @@ impl Default for KeyspaceConfig {
             queue_max_bytes: 1024 * 1024 * 1024,
             max_rows_per_sec: 100_000,
             negative_ttl_ms: 5000,
+            replication: None,
         }
     }
 }

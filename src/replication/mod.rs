@@ -9,7 +9,7 @@
 //! not replicated further. Replies do not wait for replicas: a write acknowledged just before
 //! its primary dies can be lost (the `sync` mode and WAIT are not built yet).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use crate::cluster::bus::{BusClient, BusResponse};
 use crate::cluster::migration::{DataRequest, MovedEntry};
 use crate::cluster::state::SlotRole;
 use crate::cluster::{Cluster, NodeId};
+use crate::config::ReplicationMode;
 use crate::persistence::record::{decode_value, encode_value};
 use crate::server::Server;
 use crate::store::clock::now_ms;
@@ -43,13 +44,99 @@ pub struct ReplicatedKey {
 thread_local! {
     /// Set while a replica applies a batch: those changes are not replicated again.
     static APPLYING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// What the command running on this thread wrote, for its connection (see [`last_write`]).
+    static LAST_WRITE: std::cell::RefCell<Option<Write>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What one command wrote that replicas must apply: the connection waits on it for `sync`
+/// key spaces, and remembers it for WAIT.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Write {
+    /// Sequence number of its latest change.
+    pub seq: u64,
+    /// The replicas of the slots written.
+    pub replicas: Vec<NodeId>,
+    /// Whether a key written belongs to a `sync` key space.
+    pub sync: bool,
+}
+
+/// Starts a command: forgets what an earlier one on this thread wrote.
+pub fn begin_command() {
+    LAST_WRITE.with(|w| w.borrow_mut().take());
+}
+
+/// What the command just run wrote, if it changed replicated keys.
+pub fn last_write() -> Option<Write> {
+    LAST_WRITE.with(|w| w.borrow_mut().take())
+}
+
+/// Changes waiting for one replica, oldest first. A key appears once, at its oldest change
+/// not yet applied there (it travels with its latest value): so when a batch of the oldest
+/// keys is acknowledged, every change older than what is left has been applied.
+#[derive(Default)]
+struct Pending {
+    by_key: HashMap<Box<[u8]>, u64>,
+    by_seq: BTreeMap<u64, Box<[u8]>>,
+}
+
+impl Pending {
+    /// Notes change `seq` of `key`, unless an older one of it is pending already.
+    fn insert(&mut self, key: &[u8], seq: u64) {
+        match self.by_key.get_mut(key) {
+            Some(old) if *old <= seq => return,
+            Some(old) => {
+                self.by_seq.remove(old);
+                *old = seq;
+            }
+            None => {
+                self.by_key.insert(key.into(), seq);
+            }
+        }
+        self.by_seq.insert(seq, key.into());
+    }
+
+    fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Takes the `n` oldest changes.
+    fn take(&mut self, n: usize) -> Vec<(u64, Box<[u8]>)> {
+        let mut out = Vec::with_capacity(n.min(self.len()));
+        while out.len() < n {
+            let Some((seq, key)) = self.by_seq.pop_first() else { break };
+            self.by_key.remove(&key);
+            out.push((seq, key));
+        }
+        out
+    }
+}
+
+/// Changed keys per replica, and the sequence numbering them.
+#[derive(Default)]
+struct Queues {
+    /// Number of the latest change noted.
+    seq: u64,
+    pending: HashMap<NodeId, Pending>,
 }
 
 /// This node's replication state as a primary.
 pub struct Replication {
     cluster: Arc<Cluster>,
     /// Keys changed since they were last sent, per replica.
-    dirty: Mutex<HashMap<NodeId, HashSet<Box<[u8]>>>>,
+    dirty: Mutex<Queues>,
+    /// Per replica, the change number up to which it has applied every change sent to it.
+    acked: Mutex<HashMap<NodeId, u64>>,
+    /// Bumped on every acknowledged batch, for writers and WAIT waiting on replicas.
+    acks: tokio::sync::watch::Sender<u64>,
+    /// Key patterns with their replication mode, first match wins; then `default_mode`.
+    modes: Vec<(String, ReplicationMode)>,
+    default_mode: ReplicationMode,
+    /// How long a `sync` write waits for its replicas.
+    pub sync_timeout: Duration,
     /// Wakes the sender.
     wake: tokio::sync::Notify,
     /// Per replica, since when it has had changes not yet acknowledged (for `/metrics` and
@@ -71,9 +158,17 @@ pub struct ReplicaLag {
 impl Replication {
     /// Starts replication for a node in cluster mode: the listener and the sender task.
     pub fn start(server: &Arc<Server>, cluster: Arc<Cluster>) -> Arc<Replication> {
+        let config = server.config.read().clone();
+        let modes =
+            config.keyspace.iter().filter_map(|k| k.replication.map(|m| (k.pattern.clone(), m))).collect();
         let r = Arc::new(Replication {
             cluster,
             dirty: Mutex::default(),
+            acked: Mutex::default(),
+            acks: tokio::sync::watch::Sender::new(0),
+            modes,
+            default_mode: config.cluster_replication,
+            sync_timeout: Duration::from_millis(config.cluster_replication_timeout),
             wake: tokio::sync::Notify::new(),
             behind_since: Mutex::default(),
         });
@@ -82,22 +177,118 @@ impl Replication {
         r
     }
 
+    /// Puts back a batch `replica` did not take, at the changes' own numbers (waiters on them
+    /// keep waiting).
+    fn put_back(&self, replica: NodeId, keys: &[(u64, Box<[u8]>)]) {
+        let mut dirty = self.dirty.lock();
+        let set = dirty.pending.entry(replica).or_default();
+        for (seq, key) in keys {
+            set.insert(key, *seq);
+        }
+    }
+
     /// Notes `keys` as to be sent to `replica`.
     fn mark<'k>(&self, replica: NodeId, keys: impl Iterator<Item = &'k [u8]>) {
         let mut dirty = self.dirty.lock();
-        let set = dirty.entry(replica).or_default();
-        set.extend(keys.map(Box::from));
+        let Queues { seq, pending } = &mut *dirty;
+        let set = pending.entry(replica).or_default();
+        for key in keys {
+            *seq += 1;
+            set.insert(key, *seq);
+        }
         if !set.is_empty() {
             self.behind_since.lock().entry(replica).or_insert_with(std::time::Instant::now);
         }
     }
 
-    /// After a batch to `replica` was acknowledged: caught up if nothing else is pending.
-    fn settled(&self, replica: NodeId) {
+    /// Takes up to [`BATCH_KEYS`] of the oldest changes for every replica, each with the change
+    /// number its acknowledgement proves applied: every change for that replica up to it.
+    fn take_batches(&self) -> Vec<(NodeId, Vec<(u64, Box<[u8]>)>, u64)> {
+        let mut dirty = self.dirty.lock();
+        let Queues { seq, pending } = &mut *dirty;
+        let mut out = Vec::new();
+        for (node, keys) in pending.iter_mut() {
+            let take = keys.take(BATCH_KEYS);
+            if take.is_empty() {
+                continue;
+            }
+            let upto = keys.by_seq.first_key_value().map_or(*seq, |(&first, _)| first - 1);
+            out.push((*node, take, upto));
+        }
+        pending.retain(|_, keys| !keys.is_empty());
+        out
+    }
+
+    /// After a batch to `replica` was acknowledged (or it left the grid): it has applied every
+    /// change up to `upto`; caught up if nothing else is pending.
+    fn settled(&self, replica: NodeId, upto: u64) {
         let dirty = self.dirty.lock();
-        if dirty.get(&replica).is_none_or(|keys| keys.is_empty()) {
+        if dirty.pending.get(&replica).is_none_or(|keys| keys.is_empty()) {
             self.behind_since.lock().remove(&replica);
         }
+        drop(dirty);
+        let mut acked = self.acked.lock();
+        let a = acked.entry(replica).or_default();
+        *a = (*a).max(upto);
+        drop(acked);
+        self.acks.send_modify(|n| *n += 1);
+    }
+
+    /// How many of `replicas` have applied every change up to `seq`.
+    pub fn acked_count(&self, seq: u64, replicas: &[NodeId]) -> usize {
+        let acked = self.acked.lock();
+        replicas.iter().filter(|r| acked.get(r).is_some_and(|&a| a >= seq)).count()
+    }
+
+    /// Waits until `need` of `replicas` have applied every change up to `seq`, or `timeout`
+    /// passed (None: no limit); returns how many have.
+    pub async fn wait_for(
+        &self,
+        seq: u64,
+        replicas: &[NodeId],
+        need: usize,
+        timeout: Option<Duration>,
+    ) -> usize {
+        let mut acks = self.acks.subscribe();
+        let wait = async {
+            loop {
+                let n = self.acked_count(seq, replicas);
+                if n >= need || acks.changed().await.is_err() {
+                    return n;
+                }
+            }
+        };
+        match timeout {
+            Some(t) => match tokio::time::timeout(t, wait).await {
+                Ok(n) => n,
+                Err(_) => self.acked_count(seq, replicas),
+            },
+            None => wait.await,
+        }
+    }
+
+    /// The replicas of every slot this node is primary of: what WAIT counts for a client
+    /// that wrote nothing yet.
+    pub fn replicas_of_mine(&self) -> Vec<NodeId> {
+        let view = self.cluster.view();
+        let Some(me) = view.me else { return Vec::new() };
+        let mut out: Vec<NodeId> = view
+            .map
+            .slots
+            .iter()
+            .filter(|o| o.primary == Some(me))
+            .flat_map(|o| o.replicas.iter().map(|&r| view.map.node(r).id))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn mode_of(&self, key: &[u8]) -> ReplicationMode {
+        self.modes
+            .iter()
+            .find(|(pattern, _)| crate::store::glob::glob_match(pattern.as_bytes(), key, false))
+            .map_or(self.default_mode, |&(_, m)| m)
     }
 
     /// How far each of `replicas` is behind (the replicas of this node's slots, from the map).
@@ -108,7 +299,7 @@ impl Replication {
             .into_iter()
             .map(|replica| ReplicaLag {
                 replica,
-                pending_keys: dirty.get(&replica).map_or(0, |k| k.len()),
+                pending_keys: dirty.pending.get(&replica).map_or(0, Pending::len),
                 behind: since.get(&replica).map_or(Duration::ZERO, |t| t.elapsed()),
             })
             .collect()
@@ -128,15 +319,32 @@ impl ChangeListener for Replication {
             return;
         }
         let mut dirty = self.dirty.lock();
-        for &r in &owners.replicas {
-            let replica = view.map.node(r).id;
-            let set = dirty.entry(replica).or_default();
+        dirty.seq += 1;
+        let seq = dirty.seq;
+        let replicas: Vec<NodeId> = owners.replicas.iter().map(|&r| view.map.node(r).id).collect();
+        for &replica in &replicas {
+            let set = dirty.pending.entry(replica).or_default();
             if set.is_empty() {
                 self.behind_since.lock().entry(replica).or_insert_with(std::time::Instant::now);
             }
-            set.insert(change.key.into());
+            set.insert(change.key, seq);
         }
         drop(dirty);
+        // Deletions by expiry or eviction happen outside any client's command: nobody waits.
+        if matches!(change.cause, ChangeCause::Command) {
+            let sync = self.mode_of(change.key) == ReplicationMode::Sync;
+            LAST_WRITE.with(|w| {
+                let mut w = w.borrow_mut();
+                let w = w.get_or_insert_with(Write::default);
+                w.seq = seq;
+                w.sync |= sync;
+                for r in replicas {
+                    if !w.replicas.contains(&r) {
+                        w.replicas.push(r);
+                    }
+                }
+            });
+        }
         self.wake.notify_one();
     }
 
@@ -164,31 +372,18 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
             epoch = view.map.epoch;
             full_syncs(&server, &r, &view.map, me, &mut synced);
         }
-        let batches: Vec<(NodeId, Vec<Box<[u8]>>)> = {
-            let mut dirty = r.dirty.lock();
-            let mut out = Vec::new();
-            for (node, keys) in dirty.iter_mut() {
-                let take: Vec<Box<[u8]>> = keys.iter().take(BATCH_KEYS).cloned().collect();
-                for k in &take {
-                    keys.remove(k);
-                }
-                if !take.is_empty() {
-                    out.push((*node, take));
-                }
-            }
-            dirty.retain(|_, keys| !keys.is_empty());
-            out
-        };
+        let batches = r.take_batches();
         let mut more = false;
-        for (node, keys) in batches {
+        for (node, keys, upto) in batches {
             let Some(info) = view.map.index_of(&node).map(|i| view.map.node(i).clone()) else {
-                r.settled(node);
-                continue; // no longer a member: nothing to send
+                // No longer a member: nothing to send, and nobody waits for it.
+                r.settled(node, upto);
+                continue;
             };
             let link = links
                 .entry(node)
                 .or_insert_with(|| BusClient::new(crate::cluster::consensus::bus_address(&info)));
-            let entries = read_current(&server, &keys);
+            let entries = read_current(&server, keys.iter().map(|(_, k)| &k[..]));
             let request = DataRequest::Replicate { from: r.cluster.me.0, epoch: view.map.epoch, entries };
             match link.call_data(&request, BATCH_TIMEOUT).await {
                 Ok(BusResponse::Imported(Ok(_))) => {
@@ -197,12 +392,12 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
                         .counters
                         .keys_replicated_out
                         .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-                    r.settled(node);
+                    r.settled(node, upto);
                     more = true
                 }
                 other => {
                     tracing::debug!(replica = %node, answer = ?other.map(|_| ()), "replication batch not taken; will retry");
-                    r.mark(node, keys.iter().map(|k| &k[..]));
+                    r.put_back(node, &keys);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -243,7 +438,7 @@ fn full_syncs(
 }
 
 /// The current state of `keys`, read under their shards' locks.
-fn read_current(server: &Server, keys: &[Box<[u8]>]) -> Vec<ReplicatedKey> {
+fn read_current<'k>(server: &Server, keys: impl ExactSizeIterator<Item = &'k [u8]>) -> Vec<ReplicatedKey> {
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         let mut db = server.keyspace.lock_keys([&key[..]], now_ms());

@@ -225,6 +225,11 @@ pub struct ClientState {
     pub channels: Vec<Bytes>,
     /// Patterns this connection subscribed to, in order (PSUBSCRIBE).
     pub patterns: Vec<Bytes>,
+    /// What this connection's writes need replicas to apply (its latest change number and
+    /// the replicas of the slots it wrote): what WAIT waits for.
+    pub wrote: crate::replication::Write,
+    /// A WAIT to finish once the command returns: replicas wanted, timeout in ms (0: none).
+    pub pending_wait: Option<(usize, u64)>,
 }
 
 impl ClientState {
@@ -246,6 +251,8 @@ impl ClientState {
             user: None,
             channels: Vec::new(),
             patterns: Vec::new(),
+            wrote: Default::default(),
+            pending_wait: None,
         }
     }
 

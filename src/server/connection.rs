@@ -90,10 +90,12 @@ async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientS
             let limits = server.limits(client.authenticated);
             match parser.next(&mut input, &limits) {
                 Ok(Some(args)) => {
+                    crate::replication::begin_command();
                     let reply = match server.persistence.get() {
                         None => commands::execute(server, client, args),
                         Some(p) => persisted(server, p, client, args).await,
                     };
+                    let reply = replicated(server, client, reply).await;
                     if reply.is_error() {
                         server.stats.error_replies.fetch_add(1, Ordering::Relaxed);
                     }
@@ -141,6 +143,60 @@ async fn persisted(
                 "TRYAGAIN write-through: Postgres has not committed the write yet (it is queued durably and will be written)",
             );
         }
+    }
+    reply
+}
+
+/// In a grid: notes what the command wrote for WAIT, holds the reply of a write to a `sync`
+/// key space until its replicas have applied it, and carries out WAIT.
+async fn replicated(server: &Server, client: &mut ClientState, reply: Reply) -> Reply {
+    let Some(r) = server.replication.get() else {
+        // No replicas here: WAIT counts none, after its timeout as in Redis (0: until the
+        // connection or the node goes away).
+        if let Some((need, timeout_ms)) = client.pending_wait.take() {
+            if need > 0 {
+                let forever = std::future::pending::<()>();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(timeout_ms)), if timeout_ms > 0 => {}
+                    _ = forever, if timeout_ms == 0 => {}
+                    _ = server.shutdown.cancelled() => {}
+                    _ = client.info.kill_signal.notified() => {}
+                }
+            }
+        }
+        return reply;
+    };
+    let mut reply = reply;
+    if let Some(w) = crate::replication::last_write() {
+        client.wrote.seq = w.seq;
+        for n in &w.replicas {
+            if !client.wrote.replicas.contains(n) {
+                client.wrote.replicas.push(*n);
+            }
+        }
+        if w.sync && !reply.is_error() {
+            let need = w.replicas.len();
+            if r.wait_for(w.seq, &w.replicas, need, Some(r.sync_timeout)).await < need {
+                reply = Reply::error(format!(
+                    "TIMEOUT the write is applied on this primary but not every replica confirmed it within {} ms: its outcome is unknown",
+                    r.sync_timeout.as_millis()
+                ));
+            }
+        }
+    }
+    if let Some((need, timeout_ms)) = client.pending_wait.take() {
+        let replicas = if client.wrote.replicas.is_empty() {
+            r.replicas_of_mine()
+        } else {
+            client.wrote.replicas.clone()
+        };
+        let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
+        let n = tokio::select! {
+            n = r.wait_for(client.wrote.seq, &replicas, need, timeout) => n,
+            _ = server.shutdown.cancelled() => r.acked_count(client.wrote.seq, &replicas),
+            _ = client.info.kill_signal.notified() => r.acked_count(client.wrote.seq, &replicas),
+        };
+        reply = Reply::Int(n as i64);
     }
     reply
 }

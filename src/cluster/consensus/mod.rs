@@ -347,7 +347,8 @@ impl Consensus {
         timeout: Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        let mut last_ok: HashMap<NodeId, std::time::Instant> = HashMap::new();
+        // When each member last answered, and whether it ever has since this node led.
+        let mut last_ok: HashMap<NodeId, (std::time::Instant, bool)> = HashMap::new();
         let mut links: HashMap<NodeId, BusClient> = HashMap::new();
         loop {
             tokio::select! {
@@ -379,10 +380,14 @@ impl Consensus {
             }
             while let Some(Ok((id, link, ok))) = pings.join_next().await {
                 links.insert(id, link);
-                let seen = last_ok.entry(id).or_insert(now);
+                let (seen, answered) = last_ok.entry(id).or_insert((now, false));
+                // A member that has not answered yet (it is joining, or this node just became
+                // leader) gets five times as long: a slow start is not a failure.
+                let limit = if *answered { timeout } else { timeout * 5 };
                 if ok {
                     *seen = std::time::Instant::now();
-                } else if seen.elapsed() > timeout && replaceable(id) {
+                    *answered = true;
+                } else if seen.elapsed() > limit && replaceable(id) {
                     tracing::warn!(node = %id, silent_ms = seen.elapsed().as_millis() as u64, "member not answering: failing it over");
                     match self.raft.client_write(GridCommand::Forget(id)).await {
                         Ok(r) => {
@@ -395,6 +400,62 @@ impl Consensus {
                         Err(e) => tracing::warn!(node = %id, error = %e, "failover not committed"),
                     }
                     last_ok.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Brings this node back after the grid failed it over while it was alive (paused, cut
+    /// off, or just slow): once its own log says it is no longer a member, or it has been cut
+    /// off from the majority for twice `timeout` (the others may have forgotten it without
+    /// it hearing), it asks the members it knew to add it again, every 2 s, as a joining node
+    /// does. Added again, it gets slots by placement (usually replicas first) and its stale
+    /// copies are dropped (see `cluster::stale`). A member that left on purpose stays out.
+    pub async fn rejoin(self: Arc<Self>, timeout: Duration, shutdown: tokio_util::sync::CancellationToken) {
+        let mut fenced_since: Option<std::time::Instant> = None;
+        let mut left = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            // Whether this node is a member, is leaving, and whom it knows.
+            let Some((member, leaving, peers)) = self.machine.with_grid(|g| {
+                let g = g?;
+                let peers: Vec<String> =
+                    g.members.values().filter(|n| n.id != self.me.id).map(bus_address).collect();
+                Some((g.members.contains_key(&self.me.id), g.leaving.contains(&self.me.id), peers))
+            }) else {
+                continue; // not in a grid yet: `establish` is at work
+            };
+            left |= leaving;
+            if left || peers.is_empty() {
+                continue;
+            }
+            fenced_since = match (self.cluster.fenced(), fenced_since) {
+                (false, _) => None,
+                (true, None) => Some(std::time::Instant::now()),
+                (true, since) => since,
+            };
+            let long_cut_off = fenced_since.is_some_and(|t| t.elapsed() > timeout * 2);
+            if member && !long_cut_off {
+                continue;
+            }
+            for peer in &peers {
+                match BusClient::new(peer.clone())
+                    .call(&BusRequest::Join(self.me.clone()), CHANGE_TIMEOUT)
+                    .await
+                {
+                    Ok(BusResponse::Membership(Ok(epoch))) => {
+                        if !member {
+                            tracing::info!(epoch, "back in the grid after being failed over");
+                        }
+                        fenced_since = None;
+                        break;
+                    }
+                    other => {
+                        tracing::debug!(peer = %peer, answer = ?other.map(|_| ()), "asking to be let back in")
+                    }
                 }
             }
         }
