@@ -30,6 +30,9 @@ pub struct Cluster {
     unready: parking_lot::Mutex<std::collections::BTreeSet<u16>>,
     /// Wakes the task that drops stale copies.
     pub unready_changed: tokio::sync::Notify,
+    /// Whether the grid was asked to let this node leave (a graceful `Leave` of it applied,
+    /// and no `Join` of it since): such a node does not ask to be let back in.
+    left: std::sync::atomic::AtomicBool,
     /// Counters the admin port's `/metrics` reports (the movers and the failure detector
     /// bump them; nothing reads them on the request path).
     pub counters: GridCounters,
@@ -148,7 +151,18 @@ impl Cluster {
             unready: Default::default(),
             unready_changed: tokio::sync::Notify::new(),
             counters: GridCounters::default(),
+            left: Default::default(),
         }
+    }
+
+    /// Notes that this node was asked to leave (true) or joined again (false).
+    pub fn set_left(&self, left: bool) {
+        self.left.store(left, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this node left the grid on purpose.
+    pub fn has_left(&self) -> bool {
+        self.left.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether copies of `slot` here may be filled (imported, replicated, written with

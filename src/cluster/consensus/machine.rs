@@ -172,7 +172,18 @@ impl RaftStateMachine<TypeConfig> for GridMachine {
                 state.last_applied = Some(entry.log_id);
                 match &entry.payload {
                     EntryPayload::Blank => {}
-                    EntryPayload::Normal(command) => changed |= Self::apply_command(&mut state.grid, command),
+                    EntryPayload::Normal(command) => {
+                        // Remembered for `Consensus::rejoin`: a node that was asked to leave
+                        // stays out, however quickly its removal follows.
+                        match command {
+                            GridCommand::Leave(id) if *id == self.cluster.me => self.cluster.set_left(true),
+                            GridCommand::Join(info) if info.id == self.cluster.me => {
+                                self.cluster.set_left(false)
+                            }
+                            _ => {}
+                        }
+                        changed |= Self::apply_command(&mut state.grid, command)
+                    }
                     EntryPayload::Membership(m) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     }

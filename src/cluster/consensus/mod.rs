@@ -413,23 +413,21 @@ impl Consensus {
     /// copies are dropped (see `cluster::stale`). A member that left on purpose stays out.
     pub async fn rejoin(self: Arc<Self>, timeout: Duration, shutdown: tokio_util::sync::CancellationToken) {
         let mut fenced_since: Option<std::time::Instant> = None;
-        let mut left = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
-            // Whether this node is a member, is leaving, and whom it knows.
-            let Some((member, leaving, peers)) = self.machine.with_grid(|g| {
+            // Whether this node is a member, and whom it knows.
+            let Some((member, peers)) = self.machine.with_grid(|g| {
                 let g = g?;
                 let peers: Vec<String> =
                     g.members.values().filter(|n| n.id != self.me.id).map(bus_address).collect();
-                Some((g.members.contains_key(&self.me.id), g.leaving.contains(&self.me.id), peers))
+                Some((g.members.contains_key(&self.me.id), peers))
             }) else {
                 continue; // not in a grid yet: `establish` is at work
             };
-            left |= leaving;
-            if left || peers.is_empty() {
+            if self.cluster.has_left() || peers.is_empty() {
                 continue;
             }
             fenced_since = match (self.cluster.fenced(), fenced_since) {
