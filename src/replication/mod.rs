@@ -115,6 +115,10 @@ impl Pending {
     }
 }
 
+/// Keys for one replica with their change numbers, and the number its acknowledgement
+/// proves applied (see [`Replication::take_batches`]).
+type Batch = (NodeId, Vec<(u64, Box<[u8]>)>, u64);
+
 /// Changed keys per replica, and the sequence numbering them.
 #[derive(Default)]
 struct Queues {
@@ -203,7 +207,7 @@ impl Replication {
 
     /// Takes up to [`BATCH_KEYS`] of the oldest changes for every replica, each with the change
     /// number its acknowledgement proves applied: every change for that replica up to it.
-    fn take_batches(&self) -> Vec<(NodeId, Vec<(u64, Box<[u8]>)>, u64)> {
+    fn take_batches(&self) -> Vec<Batch> {
         let mut dirty = self.dirty.lock();
         let Queues { seq, pending } = &mut *dirty;
         let mut out = Vec::new();
@@ -441,7 +445,7 @@ fn full_syncs(
 fn read_current<'k>(server: &Server, keys: impl ExactSizeIterator<Item = &'k [u8]>) -> Vec<ReplicatedKey> {
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
-        let mut db = server.keyspace.lock_keys([&key[..]], now_ms());
+        let mut db = server.keyspace.lock_keys([key], now_ms());
         let entry = db.peek(key).map(|e| {
             let (kind, value) = encode_value(&e.value);
             MovedEntry { key: key.to_vec(), kind, value, expire_at: e.expire_at().unwrap_or(0) }
