@@ -34,7 +34,9 @@ fn published(p: &str) -> (&str, &str, &str) {
 fn login_app() -> std::path::PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_cachegrid"));
     let app = bin.parent().unwrap().join("examples").join("login_app");
-    if !app.exists() {
+    // Built every time (a no-op when fresh): `--all-targets` test builds leave only a hashed
+    // copy of an example, so an old `login_app` may be lying here.
+    {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-p", "cachegrid-middleware", "--example", "login_app"])
