@@ -210,6 +210,16 @@ async fn three_nodes_joined_with_join_agree_on_one_map_and_serve_a_cluster_clien
     };
     assert!(sizes.iter().all(|&n| n > KEYS / 2), "keys spread over the three: {sizes:?}");
     wait_for_agreement(&[&a, &b, &c], 3);
+    // Replicas report catching up while full syncs run; all are ready once they are done.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready: Vec<String> = [&a, &b, &c].iter().map(|m| admin_get(m, "/ready")).collect();
+        if ready.iter().all(|r| r == "ready\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "every member ready: {ready:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[test]

@@ -396,7 +396,7 @@ pub fn not_ready(server: &Server) -> Option<String> {
     if importing > 0 {
         return Some(format!("catching up: {importing} slots importing"));
     }
-    None
+    cluster.catching_up().map(|n| format!("catching up: full sync from {n} primaries"))
 }
 
 /// Serving, caught up, and not draining or shutting down.

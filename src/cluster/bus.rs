@@ -262,9 +262,14 @@ async fn serve_peer(
                 Ok(migration::DataRequest::Import { slot, entries }) => {
                     BusResponse::Imported(migration::import(&server, slot, entries))
                 }
-                Ok(migration::DataRequest::Replicate { from, epoch, entries }) => {
+                Ok(migration::DataRequest::Replicate { from, epoch, remaining, sync_token, entries }) => {
                     let from = crate::cluster::NodeId(from);
-                    BusResponse::Imported(crate::replication::apply(&server, from, epoch, entries))
+                    let sync = crate::replication::SyncProgress { token: sync_token, remaining };
+                    BusResponse::Imported(crate::replication::apply(&server, from, epoch, sync, entries))
+                }
+                Ok(migration::DataRequest::SyncMe { replica, epoch, token }) => {
+                    let replica = crate::cluster::NodeId(replica);
+                    BusResponse::Imported(crate::replication::sync_requested(&server, replica, epoch, token))
                 }
                 Err(e) => BusResponse::Imported(Err(format!("undecodable batch: {e}"))),
             }

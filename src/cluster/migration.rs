@@ -49,8 +49,22 @@ pub enum DataRequest {
         from: [u8; 20],
         /// The sender's map epoch: a replica whose map is older waits until it has caught up.
         epoch: u64,
+        /// Keys the sender still has queued for this replica after this batch (0: caught up).
+        remaining: u64,
+        /// The latest full sync request of this replica the sender took (0: none).
+        sync_token: u64,
         /// Each key's current state.
         entries: Vec<crate::replication::ReplicatedKey>,
+    },
+    /// From a replica: send me every key of the slots I replicate for you (`token` names the
+    /// request; the sender's batches carry it from then on).
+    SyncMe {
+        /// The replica's node id.
+        replica: [u8; 20],
+        /// The replica's map epoch: a primary with an older map waits until it has caught up.
+        epoch: u64,
+        /// Names the request.
+        token: u64,
     },
     /// Store these keys of `slot`, which is migrating to the receiver.
     Import {

@@ -30,6 +30,11 @@ pub struct Cluster {
     unready: parking_lot::Mutex<std::collections::BTreeSet<u16>>,
     /// Wakes the task that drops stale copies.
     pub unready_changed: tokio::sync::Notify,
+    /// Full syncs this node needs, per primary of slots it newly replicates (see
+    /// [`SyncWanted`]). What `/ready` calls catching up.
+    syncing_from: parking_lot::Mutex<std::collections::HashMap<NodeId, SyncWanted>>,
+    /// Numbers the full syncs asked for.
+    sync_tokens: std::sync::atomic::AtomicU64,
     /// Whether the grid was asked to let this node leave (a graceful `Leave` of it applied,
     /// and no `Join` of it since): such a node does not ask to be let back in.
     left: std::sync::atomic::AtomicBool,
@@ -51,6 +56,16 @@ pub struct GridCounters {
     pub keys_replicated_in: std::sync::atomic::AtomicU64,
     /// Members this node, as Raft leader, failed over (committed `Forget`s of silent members).
     pub failovers: std::sync::atomic::AtomicU64,
+}
+
+/// A full sync this node needs from one primary: asked for with `token`, done when a batch
+/// from that primary carrying the token says nothing is left.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncWanted {
+    /// Names this request; a newer role change asks again with a new one.
+    pub token: u64,
+    /// Whether the primary has taken the request.
+    pub requested: bool,
 }
 
 /// What this node is for one slot, by the map in force.
@@ -152,7 +167,43 @@ impl Cluster {
             unready_changed: tokio::sync::Notify::new(),
             counters: GridCounters::default(),
             left: Default::default(),
+            syncing_from: Default::default(),
+            sync_tokens: Default::default(),
         }
+    }
+
+    /// Full syncs to ask primaries for: (primary, token) not yet taken by the primary.
+    pub fn syncs_to_request(&self) -> Vec<(NodeId, u64)> {
+        self.syncing_from.lock().iter().filter(|(_, w)| !w.requested).map(|(p, w)| (*p, w.token)).collect()
+    }
+
+    /// `primary` took the full sync request `token`.
+    pub fn sync_requested(&self, primary: NodeId, token: u64) {
+        if let Some(w) = self.syncing_from.lock().get_mut(&primary).filter(|w| w.token == token) {
+            w.requested = true;
+        }
+    }
+
+    /// A batch from `primary` carrying full sync `token` left `remaining` keys queued here.
+    pub fn synced_from(&self, primary: NodeId, token: u64, remaining: u64) {
+        let mut s = self.syncing_from.lock();
+        if remaining == 0 && s.get(&primary).is_some_and(|w| w.token == token && w.requested) {
+            s.remove(&primary);
+        }
+    }
+
+    /// How many primaries still owe this node a full sync of slots it replicates (None when
+    /// caught up). A primary that no longer has slots replicated here does not count.
+    pub fn catching_up(&self) -> Option<usize> {
+        let view = self.view();
+        let me = view.me?;
+        let mut s = self.syncing_from.lock();
+        s.retain(|p, _| {
+            view.map.index_of(p).is_some_and(|pi| {
+                view.map.slots.iter().any(|o| o.primary == Some(pi) && o.replicas.contains(&me))
+            })
+        });
+        (!s.is_empty()).then_some(s.len())
     }
 
     /// Notes that this node was asked to leave (true) or joined again (false).
@@ -252,6 +303,18 @@ impl Cluster {
             })
             .collect();
         if !stale.is_empty() {
+            // Slots this node newly replicates: it asks their primaries for a full sync (they
+            // may not have noticed the change, having skipped the maps in between).
+            let mut syncing = self.syncing_from.lock();
+            for &s in &stale {
+                if next.role(s) == SlotRole::Replica {
+                    if let Some(p) = next.map.slots[s as usize].primary {
+                        let token = self.sync_tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        syncing.insert(next.map.node(p).id, SyncWanted { token, requested: false });
+                    }
+                }
+            }
+            drop(syncing);
             self.unready.lock().extend(stale);
             self.unready_changed.notify_one();
         }

@@ -115,9 +115,18 @@ impl Pending {
     }
 }
 
-/// Keys for one replica with their change numbers, and the number its acknowledgement
-/// proves applied (see [`Replication::take_batches`]).
-type Batch = (NodeId, Vec<(u64, Box<[u8]>)>, u64);
+/// One batch for a replica (see [`Replication::take_batches`]).
+struct Batch {
+    replica: NodeId,
+    /// Keys with their change numbers.
+    keys: Vec<(u64, Box<[u8]>)>,
+    /// The change number its acknowledgement proves applied.
+    upto: u64,
+    /// Keys left queued for the replica after it.
+    remaining: u64,
+    /// The replica's latest full sync request taken.
+    sync_token: u64,
+}
 
 /// Changed keys per replica, and the sequence numbering them.
 #[derive(Default)]
@@ -125,6 +134,20 @@ struct Queues {
     /// Number of the latest change noted.
     seq: u64,
     pending: HashMap<NodeId, Pending>,
+    /// Replicas owed a batch even if nothing is queued for them: they asked for a full sync
+    /// and wait to hear it is done (or that there was nothing to send).
+    owed: std::collections::HashSet<NodeId>,
+    /// The latest full sync request taken from each replica.
+    sync_tokens: HashMap<NodeId, u64>,
+}
+
+/// Where a replica's full sync stands, as a primary's batch says.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncProgress {
+    /// The latest full sync request of the replica the primary took (0: none).
+    pub token: u64,
+    /// Keys still queued for the replica after the batch.
+    pub remaining: u64,
 }
 
 /// This node's replication state as a primary.
@@ -194,7 +217,7 @@ impl Replication {
     /// Notes `keys` as to be sent to `replica`.
     fn mark<'k>(&self, replica: NodeId, keys: impl Iterator<Item = &'k [u8]>) {
         let mut dirty = self.dirty.lock();
-        let Queues { seq, pending } = &mut *dirty;
+        let Queues { seq, pending, .. } = &mut *dirty;
         let set = pending.entry(replica).or_default();
         for key in keys {
             *seq += 1;
@@ -209,15 +232,21 @@ impl Replication {
     /// number its acknowledgement proves applied: every change for that replica up to it.
     fn take_batches(&self) -> Vec<Batch> {
         let mut dirty = self.dirty.lock();
-        let Queues { seq, pending } = &mut *dirty;
+        let Queues { seq, pending, owed, sync_tokens } = &mut *dirty;
         let mut out = Vec::new();
         for (node, keys) in pending.iter_mut() {
             let take = keys.take(BATCH_KEYS);
             if take.is_empty() {
                 continue;
             }
+            owed.remove(node);
             let upto = keys.by_seq.first_key_value().map_or(*seq, |(&first, _)| first - 1);
-            out.push((*node, take, upto));
+            let sync_token = sync_tokens.get(node).copied().unwrap_or(0);
+            out.push(Batch { replica: *node, keys: take, upto, remaining: keys.len() as u64, sync_token });
+        }
+        for node in owed.drain() {
+            let sync_token = sync_tokens.get(&node).copied().unwrap_or(0);
+            out.push(Batch { replica: node, keys: Vec::new(), upto: *seq, remaining: 0, sync_token });
         }
         pending.retain(|_, keys| !keys.is_empty());
         out
@@ -376,9 +405,10 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
             epoch = view.map.epoch;
             full_syncs(&server, &r, &view.map, me, &mut synced);
         }
+        request_syncs(&r, &view, &mut links).await;
         let batches = r.take_batches();
         let mut more = false;
-        for (node, keys, upto) in batches {
+        for Batch { replica: node, keys, upto, remaining, sync_token } in batches {
             let Some(info) = view.map.index_of(&node).map(|i| view.map.node(i).clone()) else {
                 // No longer a member: nothing to send, and nobody waits for it.
                 r.settled(node, upto);
@@ -388,7 +418,13 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
                 .entry(node)
                 .or_insert_with(|| BusClient::new(crate::cluster::consensus::bus_address(&info)));
             let entries = read_current(&server, keys.iter().map(|(_, k)| &k[..]));
-            let request = DataRequest::Replicate { from: r.cluster.me.0, epoch: view.map.epoch, entries };
+            let request = DataRequest::Replicate {
+                from: r.cluster.me.0,
+                epoch: view.map.epoch,
+                remaining,
+                sync_token,
+                entries,
+            };
             match link.call_data(&request, BATCH_TIMEOUT).await {
                 Ok(BusResponse::Imported(Ok(_))) => {
                     let sent = keys.len() as u64;
@@ -402,6 +438,9 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
                 other => {
                     tracing::debug!(replica = %node, answer = ?other.map(|_| ()), "replication batch not taken; will retry");
                     r.put_back(node, &keys);
+                    if keys.is_empty() {
+                        r.dirty.lock().owed.insert(node);
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -441,6 +480,54 @@ fn full_syncs(
     r.wake.notify_one();
 }
 
+/// On a primary: `replica` asks for every key of the slots it replicates for this node (it
+/// newly replicates some and dropped what it held). Refused while this node's map is older
+/// than the replica's, which then asks again.
+pub fn sync_requested(server: &Server, replica: NodeId, epoch: u64, token: u64) -> Result<usize, String> {
+    let r = server.replication.get().ok_or("not in cluster mode")?;
+    let view = r.cluster.view();
+    if view.map.epoch < epoch {
+        return Err(format!("behind the replica: epoch {} < {epoch}", view.map.epoch));
+    }
+    let mut queued = 0;
+    if let (Some(me), Some(ri)) = (view.me, view.map.index_of(&replica)) {
+        for (slot, owners) in view.map.slots.iter().enumerate() {
+            if owners.primary == Some(me) && owners.replicas.contains(&ri) {
+                let keys = server.keyspace.lock_slot(slot as u16, now_ms()).keys_in_slot(slot, usize::MAX);
+                queued += keys.len();
+                r.mark(replica, keys.iter().map(|k| &k[..]));
+            }
+        }
+    }
+    let mut dirty = r.dirty.lock();
+    dirty.sync_tokens.insert(replica, token);
+    dirty.owed.insert(replica);
+    drop(dirty);
+    r.wake.notify_one();
+    Ok(queued)
+}
+
+/// On a replica: asks the primaries it newly replicates slots of for a full sync.
+async fn request_syncs(
+    r: &Replication,
+    view: &crate::cluster::state::View,
+    links: &mut HashMap<NodeId, BusClient>,
+) {
+    for (primary, token) in r.cluster.syncs_to_request() {
+        let Some(info) = view.map.index_of(&primary).map(|i| view.map.node(i).clone()) else { continue };
+        let link = links
+            .entry(primary)
+            .or_insert_with(|| BusClient::new(crate::cluster::consensus::bus_address(&info)));
+        let request = DataRequest::SyncMe { replica: r.cluster.me.0, epoch: view.map.epoch, token };
+        match link.call_data(&request, BATCH_TIMEOUT).await {
+            Ok(BusResponse::Imported(Ok(_))) => r.cluster.sync_requested(primary, token),
+            other => {
+                tracing::debug!(%primary, answer = ?other.map(|_| ()), "full sync request not taken; will retry")
+            }
+        }
+    }
+}
+
 /// The current state of `keys`, read under their shards' locks.
 fn read_current<'k>(server: &Server, keys: impl ExactSizeIterator<Item = &'k [u8]>) -> Vec<ReplicatedKey> {
     let mut out = Vec::with_capacity(keys.len());
@@ -460,8 +547,20 @@ fn read_current<'k>(server: &Server, keys: impl ExactSizeIterator<Item = &'k [u8
 /// retries); keys of slots this node does not replicate for `from` in its own map are
 /// ignored, so a late batch from a former primary cannot undo newer state; a slot whose
 /// stale copies are still being dropped refuses the batch, which is retried.
-pub fn apply(server: &Server, from: NodeId, epoch: u64, keys: Vec<ReplicatedKey>) -> Result<usize, String> {
+pub fn apply(
+    server: &Server,
+    from: NodeId,
+    epoch: u64,
+    sync: SyncProgress,
+    keys: Vec<ReplicatedKey>,
+) -> Result<usize, String> {
     let cluster = server.cluster.get().ok_or("not in cluster mode")?;
+    // Checked for the batch too, not only per key: an empty batch ("nothing more for you")
+    // must not be taken by a replica that does not yet know what it replicates.
+    let mine = cluster.view().map.epoch;
+    if mine < epoch {
+        return Err(format!("behind the primary: epoch {mine} < {epoch}"));
+    }
     let limits = server.keyspace.settings.hash_limits();
     let mut applied = 0;
     APPLYING.with(|a| a.set(true));
@@ -497,6 +596,7 @@ pub fn apply(server: &Server, from: NodeId, epoch: u64, keys: Vec<ReplicatedKey>
     APPLYING.with(|a| a.set(false));
     if let Ok(n) = result {
         cluster.counters.keys_replicated_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        cluster.synced_from(from, sync.token, sync.remaining);
     }
     result
 }
