@@ -365,6 +365,14 @@ impl Consensus {
                 continue;
             };
             let now = std::time::Instant::now();
+            if last_ok.is_empty() {
+                // Just became leader: the members it inherits were answering the previous one
+                // (a dead previous leader among them is failed over after the plain timeout);
+                // only members that join from now on get the newcomer's grace.
+                for (n, _) in &members {
+                    last_ok.insert(n.id, (now, true));
+                }
+            }
             let others: Vec<NodeInfo> =
                 members.iter().map(|(n, _)| n.clone()).filter(|n| n.id != self.me.id).collect();
             last_ok.retain(|id, _| members.iter().any(|(n, _)| n.id == *id));
@@ -381,8 +389,8 @@ impl Consensus {
             while let Some(Ok((id, link, ok))) = pings.join_next().await {
                 links.insert(id, link);
                 let (seen, answered) = last_ok.entry(id).or_insert((now, false));
-                // A member that has not answered yet (it is joining, or this node just became
-                // leader) gets five times as long: a slow start is not a failure.
+                // A member that joined under this leader and has not answered yet gets five
+                // times as long: a slow start is not a failure.
                 let limit = if *answered { timeout } else { timeout * 5 };
                 if ok {
                     *seen = std::time::Instant::now();
