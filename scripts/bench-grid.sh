@@ -17,21 +17,28 @@
 # On a 2-core machine the systems share the cores with each other and with redis-benchmark:
 # throughput ratios say little about scaling, CPU per request says more.
 #
-# Usage: scripts/bench-grid.sh [--reps N] [--requests N] [--keys N] [--quick] [--out FILE]
+# Usage: scripts/bench-grid.sh [--reps N] [--requests N] [--keys N] [--node-timeout MS]
+#            [--quick] [--out FILE]
 #   --reps      repetitions per throughput case (default 3)
-#   --requests  requests per -P 1 run (default 200000; -P 16 runs use 5x as many)
+#   --requests  requests per -P 1 run (default 600000; -P 16 runs use 5x as many). With
+#               --cluster, redis-benchmark runs one thread per node and notices the end on
+#               its 250 ms throughput tick, so a run's time is rounded up to 250 ms steps:
+#               runs must last several seconds for req/s to mean anything.
 #   --keys      keys loaded before the join (default 100000)
+#   --node-timeout  cluster-node-timeout (ms) of the throughput grids (default 1000, the
+#               default; a member cut off from the leader for half of it answers CLUSTERDOWN)
 #   --quick     a smoke run: 1 rep, 20000 requests, 10000 keys (not for the record)
 #   --out       also write the markdown tables to FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-REPS=3; REQUESTS=200000; KEYS=100000; OUT=""
+REPS=3; REQUESTS=600000; KEYS=100000; NODE_TIMEOUT=1000; OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS="$2"; shift ;;
     --requests) REQUESTS="$2"; shift ;;
     --keys) KEYS="$2"; shift ;;
+    --node-timeout) NODE_TIMEOUT="$2"; shift ;;
     --quick) REPS=1; REQUESTS=20000; KEYS=10000 ;;
     --out) OUT="$2"; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -313,15 +320,15 @@ wait_ping() { for _ in $(seq 300); do redis-cli -p "$1" ping >/dev/null 2>&1 && 
 # Per system: its client ports and server PIDs (space separated).
 declare -A SYS_PORTS SYS_PIDS SYS_ADMINS SYS_SEED
 
-# start_grid NAME N REPLICAS [ZONE...]: a grid of N cachegrid nodes, each joining the one
-# before; waits until it has settled.
+# start_grid NAME N REPLICAS TIMEOUT: a grid of N cachegrid nodes (zones a, b, c in turn),
+# each joining the one before; waits until it has settled.
 start_grid() {
-  local name=$1 n=$2 replicas=$3 i port bus admin seed="" zones=(zone-a zone-b zone-c)
+  local name=$1 n=$2 replicas=$3 timeout=$4 i port bus admin seed="" zones=(zone-a zone-b zone-c)
   SYS_PORTS[$name]=""; SYS_PIDS[$name]=""; SYS_ADMINS[$name]=""
   for i in $(seq 0 $((n - 1))); do
     port=$(free_port); bus=$(free_port); admin=$(free_port)
     local args=(node --port "$port" --bind 127.0.0.1 --dir "$TMP/$name-$i" --zone "${zones[$((i % 3))]}"
-      --cluster-port "$bus" --admin-port "$admin" --cluster-node-timeout 1000 --log-level warn)
+      --cluster-port "$bus" --admin-port "$admin" --cluster-node-timeout "$timeout" --log-level warn)
     if [ -z "$seed" ]; then args+=(--cluster-enabled true); else args+=(--join "$seed"); fi
     CACHEGRID_CLUSTER_REPLICAS=$replicas "$BIN" "${args[@]}" 2>>"$TMP/$name.log" & PIDS+=($!)
     SYS_PIDS[$name]+="$! "; SYS_PORTS[$name]+="$port "; SYS_ADMINS[$name]+="$admin "
@@ -370,10 +377,10 @@ ticks() {
 
 SYSTEMS=(grid3-r0 grid3-r1 redis-cluster3 grid1 redis-cluster1)
 echo "==> starting the systems under test" >&2
-start_grid grid3-r0 3 0
-start_grid grid3-r1 3 1
+start_grid grid3-r0 3 0 "$NODE_TIMEOUT"
+start_grid grid3-r1 3 1 "$NODE_TIMEOUT"
 start_redis_cluster redis-cluster3 3
-start_grid grid1 1 0
+start_grid grid1 1 0 "$NODE_TIMEOUT"
 start_redis_cluster redis-cluster1 1
 
 # What the idle systems cost while another is measured.
@@ -383,7 +390,7 @@ for s in "${SYSTEMS[@]}"; do T0[$s]=$(ticks "${SYS_PIDS[$s]}"); done
 sleep 5
 for s in "${SYSTEMS[@]}"; do echo "$s,$(( ($(ticks "${SYS_PIDS[$s]}") - T0[$s]) * 10 / 5 ))" >>"$IDLE"; done
 
-RESULTS="$TMP/results.csv"; : >"$RESULTS"
+RESULTS="$TMP/results.csv"; : >"$RESULTS"; : >"$TMP/errors.log"
 LOADS="$TMP/loads"; : >"$LOADS"
 total=$((REPS * 2 * 2 * ${#SYSTEMS[@]})); done_runs=0
 echo "==> throughput: $REPS reps x -P 1,16 x set,get x ${#SYSTEMS[@]} systems = $total runs" >&2
@@ -399,11 +406,17 @@ for rep in $(seq "$REPS"); do
         # redis-benchmark refuses --cluster with one node ("Invalid cluster"): a single node
         # holds every slot, so plain mode sends every key to the right node anyway.
         cluster=(--cluster); [ "${SYS_PORTS[$s]}" = "$port " ] && cluster=()
-        rps=$(redis-benchmark "${cluster[@]}" -h 127.0.0.1 -p "$port" -c 50 -n "$n" -P "$pipeline" -r 100000 -t "$test" --csv 2>"$TMP/bench.err" \
+        # redis-benchmark counts error replies as requests, and in cluster mode it can stall
+        # for good after a burst of them: errors are counted, a stalled run is cut off.
+        rps=$(timeout 300 redis-benchmark "${cluster[@]}" -h 127.0.0.1 -p "$port" -c 50 -n "$n" -P "$pipeline" -r 100000 -t "$test" --csv 2>"$TMP/bench.err" \
           | awk -F'","' 'toupper($1) ~ /"(SET|GET)$/ {print $2}' || true)
         t1=$(ticks "${SYS_PIDS[$s]}")
-        [ -n "$rps" ] || { echo "redis-benchmark gave no figure for $s: $(cat "$TMP/bench.err")" >&2; exit 1; }
-        echo "$s,$pipeline,$test,$rps,$(( (t1 - t0) * 10000000 / n ))" >>"$RESULTS"
+        errors=$(grep -c "^Error from server" "$TMP/bench.err" || true)
+        if [ -s "$TMP/bench.err" ]; then
+          { echo "--- $s -P $pipeline $test, rep $rep"; sort "$TMP/bench.err" | uniq -c | sort -rn | head -5; } >>"$TMP/errors.log"
+        fi
+        [ -n "$rps" ] || { rps=NA; echo; echo "    $s -P $pipeline $test: no figure (stalled or failed)" >&2; }
+        echo "$s,$pipeline,$test,$rps,$(( (t1 - t0) * 10000000 / n )),$errors" >>"$RESULTS"
         done_runs=$((done_runs + 1))
         printf '\r==> throughput: %d/%d runs (load %s)   ' "$done_runs" "$total" "$(cut -d' ' -f1 /proc/loadavg)" >&2
       done
@@ -422,7 +435,7 @@ FAILOVER="$TMP/failover.csv"; : >"$FAILOVER"
 for victim_kind in follower leader; do
   echo "==> failover: SIGKILL the $victim_kind of a 3-node grid (R=1, node timeout 1000 ms)" >&2
   name=fo-$victim_kind
-  start_grid "$name" 3 1
+  start_grid "$name" 3 1 1000
   g load "${SYS_PORTS[$name]%% *}" 10000
   leader=$(g leader "${SYS_ADMINS[$name]%% *}")
   ports=(${SYS_PORTS[$name]}); pids=(${SYS_PIDS[$name]})
@@ -438,7 +451,7 @@ for victim_kind in follower leader; do
 done
 
 echo "==> join: a 4th node joins a 3-node grid (R=1) holding $KEYS keys" >&2
-start_grid join 3 1
+start_grid join 3 1 1000
 first=${SYS_PORTS[join]%% *}
 g load "$first" "$KEYS"
 KEYS_BEFORE=$(g dbsize "$(csv "${SYS_PORTS[join]}")")
@@ -464,10 +477,16 @@ import csv, json, statistics, sys
 from collections import defaultdict
 (results, idle, failover, moved, keys, keys_before, keys_after, joiner_keys, join_secs,
  reps, requests, load_start, load_bench, load_end) = sys.argv[1:]
-med = defaultdict(list)
-for s, p, t, rps, ns in csv.reader(open(results)):
-    med[(s, p, t)].append((float(rps), int(ns)))
-m = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in med.items()}
+med = defaultdict(list); errs = defaultdict(int); failed = defaultdict(int)
+for s, p, t, rps, ns, e in csv.reader(open(results)):
+    errs[s] += int(e)
+    if rps == "NA":
+        failed[s] += 1
+    else:
+        med[(s, p, t)].append((float(rps), int(ns)))
+nan = float("nan")
+m = defaultdict(lambda: (nan, nan))
+m.update({k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in med.items()})
 names = {"grid3-r0": "grid, 3 nodes, R=0", "grid3-r1": "grid, 3 nodes, R=1 (default)",
          "redis-cluster3": "Redis Cluster, 3 masters", "grid1": "grid of one",
          "redis-cluster1": "Redis Cluster of one"}
@@ -478,9 +497,8 @@ print("| system | -P | SET req/s | GET req/s | SET CPU ns/req | GET CPU ns/req |
 print("|---|---|---:|---:|---:|---:|")
 for s in names:
     for p in ("1", "16"):
-        if (s, p, "set") in m:
-            print(f"| {names[s]} | {p} | {m[(s,p,'set')][0]:,.0f} | {m[(s,p,'get')][0]:,.0f} | "
-                  f"{m[(s,p,'set')][1]:,} | {m[(s,p,'get')][1]:,} |")
+        print(f"| {names[s]} | {p} | {m[(s,p,'set')][0]:,.0f} | {m[(s,p,'get')][0]:,.0f} | "
+              f"{m[(s,p,'set')][1]:,.0f} | {m[(s,p,'get')][1]:,.0f} |")
 print("\nRatios (throughput: higher is better for the first; CPU: lower is better for the first)\n")
 print("| comparison | -P | SET req/s | GET req/s | SET CPU/req | GET CPU/req |")
 print("|---|---|---:|---:|---:|---:|")
@@ -488,8 +506,10 @@ for a, b in (("grid3-r0", "redis-cluster3"), ("grid3-r1", "redis-cluster3"), ("g
              ("grid3-r1", "grid1"), ("redis-cluster3", "redis-cluster1"), ("grid1", "redis-cluster1")):
     for p in ("1", "16"):
         r = [m[(a, p, t)][0] / m[(b, p, t)][0] for t in ("set", "get")]
-        c = [m[(a, p, t)][1] / m[(b, p, t)][1] if m[(b, p, t)][1] else float("nan") for t in ("set", "get")]
+        c = [m[(a, p, t)][1] / m[(b, p, t)][1] if m[(b, p, t)][1] else nan for t in ("set", "get")]
         print(f"| {names[a]} / {names[b]} | {p} | {r[0]:.2f} | {r[1]:.2f} | {c[0]:.2f} | {c[1]:.2f} |")
+print("\nError replies seen by redis-benchmark (counted by it as requests) and runs that gave no figure:",
+      ", ".join(f"{names[s]} {errs[s]} errors, {failed[s]} runs" for s in names))
 print("\nIdle CPU of each system while the others are measured (ms of CPU per second):",
       ", ".join(f"{names[s]} {v}" for s, v in csv.reader(open(idle))))
 print("\nFailover: 3-node grid, R=1, cluster-node-timeout 1000 ms, 20 keys of the victim's slots written in a loop through the survivors\n")
@@ -508,3 +528,6 @@ print(f"| slots whose primary changed | {mv['primaries_moved']} | {mv['joiner_pr
 print(f"| (slot, node) copies received | {mv['copies_moved']} | {mv['joiner_copies']} (the joiner's) | {mv['copies_moved'] / max(1, mv['joiner_copies']):.2f} |")
 print(f"\nThe joiner holds {joiner_keys} keys (primary and replica copies); the grid settled {float(join_secs):.1f} s after the joiner started.")
 PY
+if [ -s "$TMP/errors.log" ]; then
+  { echo "==> redis-benchmark's stderr (most frequent lines per run that had any):"; cat "$TMP/errors.log"; } >&2
+fi
