@@ -542,7 +542,8 @@ async fn in_sync_mode_killing_primaries_round_after_round_loses_no_acknowledged_
                         acked.lock().push(n);
                     }
                     Err(e) => {
-                        *errors.entry(e.to_string().chars().take(64).collect()).or_default() += 1;
+                        let kind = e.code().map(str::to_owned).unwrap_or_else(|| format!("{:?}", e.kind()));
+                        *errors.entry(kind).or_default() += 1;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
