@@ -28,12 +28,7 @@ fn wait(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> Reply {
     }
     let need = need.max(0) as usize;
     let acked = match ctx.server.replication.get() {
-        Some(r) => {
-            let wrote = &ctx.client.wrote;
-            let replicas =
-                if wrote.replicas.is_empty() { r.replicas_of_mine() } else { wrote.replicas.clone() };
-            r.acked_count(wrote.seq, &replicas)
-        }
+        Some(r) => r.acked_count(ctx.client.wrote.seq, &r.wait_targets(&ctx.client.wrote)),
         None => 0,
     };
     if acked < need && !ctx.client.in_exec {

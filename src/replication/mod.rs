@@ -1,13 +1,15 @@
-//! Replication (asynchronous): a slot's primary sends every change of the slot's keys to the
-//! slot's replicas, so they hold the data Redis Cluster clients read after READONLY and that a
+//! Replication: a slot's primary sends every change of the slot's keys to the slot's
+//! replicas, so they hold the data Redis Cluster clients read after READONLY and that a
 //! failover promotes. Changed keys are noted per replica by a change listener (coalesced: a
 //! key written ten times before the next batch travels once, with its latest value), and a
 //! sender task ships them in batches over the cluster bus. A replica that newly serves a
 //! slot gets all of the slot's keys first (a full sync).
 //!
 //! What a replica applies is not written behind to Postgres (its primary does that) and is
-//! not replicated further. Replies do not wait for replicas: a write acknowledged just before
-//! its primary dies can be lost (the `sync` mode and WAIT are not built yet).
+//! not replicated further. Every change is numbered and each replica's acknowledged number is
+//! kept, so a write to a `sync` key space can wait until its replicas have it, and WAIT can
+//! count them; `async` replies do not wait, and a write acknowledged just before its primary
+//! dies can be lost.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -58,6 +60,17 @@ pub struct Write {
     pub replicas: Vec<NodeId>,
     /// Whether a key written belongs to a `sync` key space.
     pub sync: bool,
+}
+
+impl Write {
+    /// Adds `replicas` to those this write (or connection) waits on, each once.
+    pub fn add_replicas(&mut self, replicas: &[NodeId]) {
+        for r in replicas {
+            if !self.replicas.contains(r) {
+                self.replicas.push(*r);
+            }
+        }
+    }
 }
 
 /// Starts a command: forgets what an earlier one on this thread wrote.
@@ -300,9 +313,18 @@ impl Replication {
         }
     }
 
-    /// The replicas of every slot this node is primary of: what WAIT counts for a client
-    /// that wrote nothing yet.
-    pub fn replicas_of_mine(&self) -> Vec<NodeId> {
+    /// The replicas WAIT counts for a connection that wrote `wrote`: those of the slots it
+    /// wrote, or, before its first write, those of every slot this node is primary of.
+    pub fn wait_targets(&self, wrote: &Write) -> Vec<NodeId> {
+        if wrote.replicas.is_empty() {
+            self.replicas_of_mine()
+        } else {
+            wrote.replicas.clone()
+        }
+    }
+
+    /// The replicas of every slot this node is primary of.
+    fn replicas_of_mine(&self) -> Vec<NodeId> {
         let view = self.cluster.view();
         let Some(me) = view.me else { return Vec::new() };
         let mut out: Vec<NodeId> = view
@@ -371,11 +393,7 @@ impl ChangeListener for Replication {
                 let w = w.get_or_insert_with(Write::default);
                 w.seq = seq;
                 w.sync |= sync;
-                for r in replicas {
-                    if !w.replicas.contains(&r) {
-                        w.replicas.push(r);
-                    }
-                }
+                w.add_replicas(&replicas);
             });
         }
         self.wake.notify_one();
@@ -469,15 +487,21 @@ fn full_syncs(
             let was = synced.get(&node).is_some_and(|s| s[slot]);
             still.entry(node).or_insert_with(|| vec![false; SLOT_COUNT])[slot] = true;
             if !was {
-                let keys = server.keyspace.lock_slot(slot as u16, now_ms()).keys_in_slot(slot, usize::MAX);
-                if !keys.is_empty() {
-                    r.mark(node, keys.iter().map(|k| &k[..]));
-                }
+                queue_slot(server, r, node, slot);
             }
         }
     }
     *synced = still;
     r.wake.notify_one();
+}
+
+/// Queues every key of `slot` for `replica` (part of a full sync); returns how many.
+fn queue_slot(server: &Server, r: &Replication, replica: NodeId, slot: usize) -> usize {
+    let keys = server.keyspace.lock_slot(slot as u16, now_ms()).keys_in_slot(slot, usize::MAX);
+    if !keys.is_empty() {
+        r.mark(replica, keys.iter().map(|k| &k[..]));
+    }
+    keys.len()
 }
 
 /// On a primary: `replica` asks for every key of the slots it replicates for this node (it
@@ -493,9 +517,7 @@ pub fn sync_requested(server: &Server, replica: NodeId, epoch: u64, token: u64) 
     if let (Some(me), Some(ri)) = (view.me, view.map.index_of(&replica)) {
         for (slot, owners) in view.map.slots.iter().enumerate() {
             if owners.primary == Some(me) && owners.replicas.contains(&ri) {
-                let keys = server.keyspace.lock_slot(slot as u16, now_ms()).keys_in_slot(slot, usize::MAX);
-                queued += keys.len();
-                r.mark(replica, keys.iter().map(|k| &k[..]));
+                queued += queue_slot(server, r, replica, slot);
             }
         }
     }
@@ -555,8 +577,8 @@ pub fn apply(
     keys: Vec<ReplicatedKey>,
 ) -> Result<usize, String> {
     let cluster = server.cluster.get().ok_or("not in cluster mode")?;
-    // Checked for the batch too, not only per key: an empty batch ("nothing more for you")
-    // must not be taken by a replica that does not yet know what it replicates.
+    // Checked once for the batch (maps only move forward): an empty batch ("nothing more
+    // for you") must not be taken by a replica that does not yet know what it replicates.
     let mine = cluster.view().map.epoch;
     if mine < epoch {
         return Err(format!("behind the primary: epoch {mine} < {epoch}"));
@@ -570,9 +592,6 @@ pub fn apply(
             // The map is read under the key's lock: see `cluster::stale`.
             let mut db = server.keyspace.lock_keys([&k.key[..]], now_ms());
             let view = cluster.view();
-            if view.map.epoch < epoch {
-                return Err(format!("behind the primary: epoch {} < {epoch}", view.map.epoch));
-            }
             let owners = &view.map.slots[slot as usize];
             let from_primary = owners.primary.is_some_and(|p| view.map.node(p).id == from);
             if !from_primary || view.role(slot) != SlotRole::Replica {

@@ -169,11 +169,7 @@ async fn replicated(server: &Server, client: &mut ClientState, reply: Reply) -> 
     let mut reply = reply;
     if let Some(w) = crate::replication::last_write() {
         client.wrote.seq = w.seq;
-        for n in &w.replicas {
-            if !client.wrote.replicas.contains(n) {
-                client.wrote.replicas.push(*n);
-            }
-        }
+        client.wrote.add_replicas(&w.replicas);
         if w.sync && !reply.is_error() {
             let need = w.replicas.len();
             if r.wait_for(w.seq, &w.replicas, need, Some(r.sync_timeout)).await < need {
@@ -185,11 +181,7 @@ async fn replicated(server: &Server, client: &mut ClientState, reply: Reply) -> 
         }
     }
     if let Some((need, timeout_ms)) = client.pending_wait.take() {
-        let replicas = if client.wrote.replicas.is_empty() {
-            r.replicas_of_mine()
-        } else {
-            client.wrote.replicas.clone()
-        };
+        let replicas = r.wait_targets(&client.wrote);
         let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
         let n = tokio::select! {
             n = r.wait_for(client.wrote.seq, &replicas, need, timeout) => n,
