@@ -49,6 +49,16 @@ pub enum BusRequest {
     /// Your figures, please (keys, memory, lag, queues: the admin port's `/cluster` on the
     /// node asked shows every member's).
     Status,
+    /// A replica holds these slots in full (forwarded to the leader, which commits it: see
+    /// `GridCommand::CaughtUp`).
+    CaughtUp {
+        /// The replica.
+        node: NodeId,
+        /// Epoch of the map its full sync was asked under.
+        epoch: u64,
+        /// The slots.
+        slots: Vec<u16>,
+    },
     /// A migration source has moved these slots (forwarded to the leader, which commits it).
     SlotsMoved {
         /// The old primary.

@@ -7,6 +7,12 @@
 //! once: the map records a migration (old primary still serving, ASK for keys already moved),
 //! the old primary moves the keys, and `SlotsMoved` hands the slot over. A member that leaves
 //! gracefully keeps serving until its last slot has moved, then drops out of the map.
+//!
+//! Replicas change make-before-break too: a node that becomes a replica of a slot starts
+//! empty and fills through a full sync, so until it reports `CaughtUp` the replicas placement
+//! dropped from that slot stay in the map (retiring). A join or a leave therefore never
+//! leaves a slot with fewer caught-up copies than before, and a failover promotes a
+//! caught-up replica when there is one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,6 +47,17 @@ pub enum GridCommand {
         /// Slots handed over.
         slots: Vec<u16>,
     },
+    /// `node` holds a full copy of `slots` it replicates (its full sync from their primary,
+    /// asked for under the map of `epoch`, is complete): the replicas it replaces may go.
+    CaughtUp {
+        /// The replica.
+        node: NodeId,
+        /// The map epoch the full sync was asked for under: a replica that has lost and
+        /// regained a slot since syncs it again, and this report does not count for it.
+        epoch: u64,
+        /// Slots it has caught up on.
+        slots: Vec<u16>,
+    },
 }
 
 /// Members and the slot map they agreed on.
@@ -55,6 +72,14 @@ pub struct GridState {
     /// Members on their way out: placed nowhere, serving only what has not moved yet.
     #[serde(default)]
     pub leaving: BTreeSet<NodeId>,
+    /// Replicas still filling through their first full sync, by slot, with the epoch of the
+    /// map that made them replicas.
+    #[serde(default)]
+    pub syncing: BTreeMap<u16, BTreeMap<NodeId, u64>>,
+    /// Caught-up replicas placement has dropped from a slot, kept (listed after the placed
+    /// replicas) until the slot neither migrates nor has a replica syncing.
+    #[serde(default)]
+    pub retiring: BTreeMap<u16, BTreeSet<NodeId>>,
 }
 
 /// Slot owners and migrations by node id, the form changes are computed in.
@@ -70,7 +95,14 @@ impl GridState {
         let assignment = place(&[Member { id: first.id, zone: first.zone }], replicas, &[]);
         let map = SlotMap::from_assignment(1, members.values().cloned().collect(), &assignment)
             .expect("placement only names members");
-        GridState { replicas, members, map, leaving: BTreeSet::new() }
+        GridState {
+            replicas,
+            members,
+            map,
+            leaving: BTreeSet::new(),
+            syncing: BTreeMap::new(),
+            retiring: BTreeMap::new(),
+        }
     }
 
     /// Members that take slots: everyone but the leaving.
@@ -125,17 +157,85 @@ impl GridState {
                 // usually stays a replica); placement is stable, so nothing else moves.
                 self.replace(layout)
             }
+            GridCommand::CaughtUp { node, epoch, slots } => {
+                let layout = self.layout();
+                let mut released = false;
+                for slot in slots {
+                    let Some(set) = self.syncing.get_mut(slot) else { continue };
+                    if set.get(node).is_some_and(|since| since <= epoch) {
+                        set.remove(node);
+                        if set.is_empty() {
+                            self.syncing.remove(slot);
+                            released |=
+                                self.retiring.contains_key(slot) && !self.map.migrations.contains_key(slot);
+                        }
+                    }
+                }
+                if !released {
+                    // Recorded (a failover now prefers this replica), but the map is the same.
+                    return false;
+                }
+                layout
+            }
         };
+        self.track_replicas(&layout);
         let layout = self.finish_leavers(layout);
-        self.map = build(self.map.epoch + 1, &self.members, &layout);
+        self.map = build(self.map.epoch + 1, &self.members, &layout, &self.retiring);
         true
     }
 
-    /// The current map by node id.
+    /// Updates which replicas are syncing and which are retiring, going from the map in force
+    /// to `next`: a node that becomes a replica of a slot syncs; a caught-up replica that
+    /// `next` drops stays, retiring, while any replica of the slot syncs or the slot migrates.
+    fn track_replicas(&mut self, next: &Layout) {
+        let previous = &self.map;
+        for (slot, a) in next.assignment.iter().enumerate() {
+            let slot16 = slot as u16;
+            let owners = &previous.slots[slot];
+            let was_replica: BTreeSet<NodeId> =
+                owners.replicas.iter().map(|&i| previous.node(i).id).collect();
+            let was_syncing = self.syncing.remove(&slot16).unwrap_or_default();
+            let target = next.migrations.get(&slot16).map(|(_, to)| *to);
+            let epoch = self.map.epoch + 1;
+            let syncing: BTreeMap<NodeId, u64> = a
+                .replicas
+                .iter()
+                .filter_map(|r| match was_syncing.get(r) {
+                    Some(&since) => Some((*r, since)),
+                    None => (!was_replica.contains(r)).then_some((*r, epoch)),
+                })
+                .collect();
+            let mut retiring = self.retiring.remove(&slot16).unwrap_or_default();
+            // While the slot moves, its target fills too (and the map lists neither end as
+            // a replica): the old replicas are the caught-up copies a failover needs.
+            if !syncing.is_empty() || target.is_some() {
+                retiring.extend(was_replica.iter().filter(|r| !was_syncing.contains_key(r)));
+                retiring.retain(|r| {
+                    self.members.contains_key(r)
+                        && Some(*r) != a.primary
+                        && Some(*r) != target
+                        && !a.replicas.contains(r)
+                });
+                if !retiring.is_empty() {
+                    self.retiring.insert(slot16, retiring);
+                }
+                if !syncing.is_empty() {
+                    self.syncing.insert(slot16, syncing);
+                }
+            }
+        }
+    }
+
+    /// The current map by node id, retiring replicas left out (they are not placed; they
+    /// are added back when the map is built).
     fn layout(&self) -> Layout {
         let id = |i: u16| self.map.nodes[i as usize].id;
+        let mut assignment = self.map.assignment();
+        for (slot, retiring) in &self.retiring {
+            assignment[*slot as usize].replicas.retain(|r| !retiring.contains(r));
+        }
         Layout {
-            assignment: self.map.assignment(),
+            assignment,
             migrations: self.map.migrations.iter().map(|(&s, m)| (s, (id(m.from), id(m.to)))).collect(),
         }
     }
@@ -169,8 +269,8 @@ impl GridState {
                 (Some(p), None, _) => (Some(p), None),
                 // The primary is gone: a surviving replica (it holds the data) takes over, and
                 // hands the slot on if placement wants it elsewhere.
-                (None, _, t) => match current.assignment[slot].replicas.iter().find(|r| is_active(r)) {
-                    Some(&r) if Some(r) != t => (Some(r), t.map(|t| (r, t))),
+                (None, _, t) => match self.successor(slot as u16, &current.assignment[slot].replicas) {
+                    Some(r) if Some(r) != t => (Some(r), t.map(|t| (r, t))),
                     _ => (t, None),
                 },
             };
@@ -187,6 +287,16 @@ impl GridState {
         next
     }
 
+    /// The replica of `slot` to promote when its primary is gone: a caught-up one (placed,
+    /// then retiring) before one still syncing, which holds only part of the data.
+    fn successor(&self, slot: u16, placed: &[NodeId]) -> Option<NodeId> {
+        let active = |r: &&NodeId| self.members.contains_key(r) && !self.leaving.contains(r);
+        let syncing = self.syncing.get(&slot);
+        let retiring = self.retiring.get(&slot).into_iter().flatten();
+        let caught_up = placed.iter().filter(|r| !syncing.is_some_and(|s| s.contains_key(r))).chain(retiring);
+        caught_up.chain(placed.iter()).find(active).copied()
+    }
+
     /// Removes leaving members that no longer serve or receive any slot.
     fn finish_leavers(&mut self, layout: Layout) -> Layout {
         let busy: BTreeSet<NodeId> = layout
@@ -194,12 +304,18 @@ impl GridState {
             .iter()
             .filter_map(|a| a.primary)
             .chain(layout.migrations.values().flat_map(|(f, t)| [*f, *t]))
+            // A leaver holding a copy others still sync waits for them.
+            .chain(self.retiring.values().flatten().copied())
             .collect();
         let done: Vec<NodeId> = self.leaving.iter().filter(|id| !busy.contains(id)).copied().collect();
         for id in &done {
             self.leaving.remove(id);
             self.members.remove(id);
         }
+        for set in self.syncing.values_mut() {
+            set.retain(|r, _| !done.contains(r));
+        }
+        self.syncing.retain(|_, set| !set.is_empty());
         let mut layout = layout;
         for a in &mut layout.assignment {
             a.replicas.retain(|r| !done.contains(r));
@@ -208,8 +324,17 @@ impl GridState {
     }
 }
 
-fn build(epoch: u64, members: &BTreeMap<NodeId, NodeInfo>, layout: &Layout) -> SlotMap {
-    let mut map = SlotMap::from_assignment(epoch, members.values().cloned().collect(), &layout.assignment)
+fn build(
+    epoch: u64,
+    members: &BTreeMap<NodeId, NodeInfo>,
+    layout: &Layout,
+    retiring: &BTreeMap<u16, BTreeSet<NodeId>>,
+) -> SlotMap {
+    let mut assignment = layout.assignment.clone();
+    for (slot, nodes) in retiring {
+        assignment[*slot as usize].replicas.extend(nodes.iter().filter(|n| members.contains_key(n)));
+    }
+    let mut map = SlotMap::from_assignment(epoch, members.values().cloned().collect(), &assignment)
         .expect("placement only names members");
     for (&slot, (from, to)) in &layout.migrations {
         let (Some(from), Some(to)) = (map.index_of(from), map.index_of(to)) else { continue };
@@ -228,6 +353,7 @@ mod tests {
 
     /// What the movers do: report every migration under way as done, until none is left (a
     /// slot re-targeted while it moved moves once more).
+    /// And what replicas do: report every full sync done.
     fn settle(g: &mut GridState) {
         for _ in 0..3 {
             let mut by_pair: BTreeMap<(NodeId, NodeId), Vec<u16>> = BTreeMap::new();
@@ -237,8 +363,92 @@ mod tests {
             for ((from, to), slots) in by_pair {
                 assert!(g.apply(&GridCommand::SlotsMoved { from, to, slots }));
             }
+            catch_up(g);
         }
         assert!(g.map.migrations.is_empty());
+        assert!(g.syncing.is_empty() && g.retiring.is_empty());
+    }
+
+    /// Every syncing replica reports its full sync done.
+    fn catch_up(g: &mut GridState) {
+        let mut by_node: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
+        for (&slot, nodes) in &g.syncing {
+            for n in nodes.keys() {
+                by_node.entry(*n).or_default().push(slot);
+            }
+        }
+        let epoch = g.map.epoch;
+        for (node, slots) in by_node {
+            g.apply(&GridCommand::CaughtUp { node, epoch, slots });
+        }
+    }
+
+    fn ids(g: &GridState, indexes: &[u16]) -> Vec<NodeId> {
+        indexes.iter().map(|&i| g.map.node(i).id).collect()
+    }
+
+    #[test]
+    fn a_replica_placement_drops_stays_until_its_successor_has_caught_up() {
+        let mut g = GridState::new(node(1, "a"), 1);
+        g.apply(&GridCommand::Join(node(2, "b")));
+        g.apply(&GridCommand::Join(node(3, "c")));
+        settle(&mut g);
+        let before: Vec<Vec<NodeId>> = g.map.slots.iter().map(|o| ids(&g, &o.replicas)).collect();
+        assert!(g.apply(&GridCommand::Join(node(4, "a"))));
+        let newcomer = NodeId([4; 20]);
+        let mut replaced = 0;
+        for (slot, o) in g.map.slots.iter().enumerate() {
+            let now = ids(&g, &o.replicas);
+            // Every caught-up copy is still listed, moving slots included (whose new primary
+            // is importing and whose old one is no replica yet).
+            let primary = g.map.node(o.primary.unwrap()).id;
+            let target = g.map.migrations.get(&(slot as u16)).map(|m| g.map.node(m.to).id);
+            for r in &before[slot] {
+                assert!(now.contains(r) || *r == primary || Some(*r) == target, "slot {slot}: {r:?} dropped");
+            }
+            if now.contains(&newcomer) && !before[slot].contains(&newcomer) {
+                // The newcomer starts empty: every old caught-up replica is still listed.
+                replaced += 1;
+                assert!(before[slot].iter().all(|r| now.contains(r)), "slot {slot}: {before:?} -> {now:?}");
+                assert!(g.syncing[&(slot as u16)].contains_key(&newcomer));
+            }
+        }
+        assert!(replaced > 1000, "the newcomer replicates a share of the slots: {replaced}");
+        settle(&mut g);
+        assert!(g.map.slots.iter().all(|o| o.replicas.len() == 1), "the retiring replicas are gone");
+    }
+
+    #[test]
+    fn a_failover_promotes_a_caught_up_replica_before_a_syncing_one() {
+        let mut g = GridState::new(node(1, "a"), 1);
+        g.apply(&GridCommand::Join(node(2, "b")));
+        g.apply(&GridCommand::Join(node(3, "c")));
+        settle(&mut g);
+        g.apply(&GridCommand::Join(node(4, "c")));
+        // A slot whose placed replica is the syncing newcomer and whose old replica retires.
+        let (&slot, retiring) = g.retiring.iter().next().expect("some replica retires");
+        let old = *retiring.iter().next().unwrap();
+        let primary = g.map.node(g.map.slots[slot as usize].primary.unwrap()).id;
+        assert!(g.apply(&GridCommand::Forget(primary)));
+        let now = g.map.node(g.map.slots[slot as usize].primary.unwrap()).id;
+        assert_eq!(now, old, "the caught-up replica, not the newcomer, takes slot {slot} over");
+        g.map.validate().unwrap();
+    }
+
+    #[test]
+    fn a_report_from_before_a_replica_lost_and_regained_its_slot_does_not_count() {
+        let mut g = GridState::new(node(1, "a"), 1);
+        g.apply(&GridCommand::Join(node(2, "b")));
+        g.apply(&GridCommand::Join(node(3, "c")));
+        settle(&mut g);
+        g.apply(&GridCommand::Join(node(4, "c")));
+        let (&slot, nodes) = g.syncing.iter().next().unwrap();
+        let (&n, &since) = nodes.iter().next().unwrap();
+        let before = g.clone();
+        g.apply(&GridCommand::CaughtUp { node: n, epoch: since - 1, slots: vec![slot] });
+        assert_eq!(g, before, "a full sync asked for before the node became a replica again");
+        g.apply(&GridCommand::CaughtUp { node: n, epoch: since, slots: vec![slot] });
+        assert!(!g.syncing.get(&slot).is_some_and(|s| s.contains_key(&n)));
     }
 
     fn primaries_of(g: &GridState, id: NodeId) -> usize {

@@ -64,6 +64,8 @@ pub struct GridCounters {
 pub struct SyncWanted {
     /// Names this request; a newer role change asks again with a new one.
     pub token: u64,
+    /// Epoch of the map that asked for it (what the grid's `CaughtUp` record compares).
+    pub epoch: u64,
     /// Whether the primary has taken the request.
     pub requested: bool,
 }
@@ -185,11 +187,22 @@ impl Cluster {
     }
 
     /// A batch from `primary` carrying full sync `token` left `remaining` keys queued here.
-    pub fn synced_from(&self, primary: NodeId, token: u64, remaining: u64) {
+    /// When that completes the sync: the epoch it was asked under and the slots this node
+    /// now holds in full for `primary` (to report to the grid: see `GridCommand::CaughtUp`).
+    pub fn synced_from(&self, primary: NodeId, token: u64, remaining: u64) -> Option<(u64, Vec<u16>)> {
         let mut s = self.syncing_from.lock();
-        if remaining == 0 && s.get(&primary).is_some_and(|w| w.token == token && w.requested) {
-            s.remove(&primary);
-        }
+        let wanted = *s.get(&primary).filter(|w| remaining == 0 && w.token == token && w.requested)?;
+        s.remove(&primary);
+        drop(s);
+        let view = self.view();
+        let (me, p) = (view.me?, view.map.index_of(&primary)?);
+        let slots = (0..crate::store::SLOT_COUNT as u16)
+            .filter(|&slot| {
+                let o = &view.map.slots[slot as usize];
+                o.primary == Some(p) && o.replicas.contains(&me)
+            })
+            .collect();
+        Some((wanted.epoch, slots))
     }
 
     /// How many primaries still owe this node a full sync of slots it replicates (None when
@@ -302,19 +315,31 @@ impl Cluster {
                 was != now && now != SlotRole::Primary
             })
             .collect();
-        if !stale.is_empty() {
-            // Slots this node newly replicates: it asks their primaries for a full sync (they
-            // may not have noticed the change, having skipped the maps in between).
+        // Slots this node replicates for another primary than before (a failover): it keeps
+        // its copies, but syncs with the new primary too, so it ends complete and says so.
+        let primary_id = |v: &View, s: u16| v.map.slots[s as usize].primary.map(|p| v.map.node(p).id);
+        let new_primary = (0..crate::store::SLOT_COUNT as u16).filter(|&s| {
+            current.role(s) == SlotRole::Replica
+                && next.role(s) == SlotRole::Replica
+                && primary_id(&current, s) != primary_id(&next, s)
+        });
+        let to_sync: std::collections::BTreeSet<NodeId> = stale
+            .iter()
+            .copied()
+            .filter(|&s| next.role(s) == SlotRole::Replica)
+            .chain(new_primary)
+            .filter_map(|s| primary_id(&next, s))
+            .collect();
+        if !to_sync.is_empty() {
+            // It asks those primaries for a full sync (they may not have noticed the change,
+            // having skipped the maps in between).
             let mut syncing = self.syncing_from.lock();
-            for &s in &stale {
-                if next.role(s) == SlotRole::Replica {
-                    if let Some(p) = next.map.slots[s as usize].primary {
-                        let token = self.sync_tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                        syncing.insert(next.map.node(p).id, SyncWanted { token, requested: false });
-                    }
-                }
+            for p in to_sync {
+                let token = self.sync_tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                syncing.insert(p, SyncWanted { token, epoch: next.map.epoch, requested: false });
             }
-            drop(syncing);
+        }
+        if !stale.is_empty() {
             self.unready.lock().extend(stale);
             self.unready_changed.notify_one();
         }

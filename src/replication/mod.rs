@@ -615,7 +615,11 @@ pub fn apply(
     APPLYING.with(|a| a.set(false));
     if let Ok(n) = result {
         cluster.counters.keys_replicated_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        cluster.synced_from(from, sync.token, sync.remaining);
+        if let Some((epoch, slots)) = cluster.synced_from(from, sync.token, sync.remaining) {
+            if let Some(consensus) = server.consensus.get() {
+                tokio::spawn(consensus.clone().report_caught_up(epoch, slots));
+            }
+        }
     }
     result
 }

@@ -278,6 +278,35 @@ impl Consensus {
         Ok(r.data.epoch)
     }
 
+    /// Commits that `node` holds `slots` in full (forwarded to the leader).
+    pub async fn caught_up(&self, node: NodeId, epoch: u64, slots: Vec<u16>) -> Result<u64, String> {
+        if self.known_leader().await != Some(self.me.id) {
+            return self.forward(BusRequest::CaughtUp { node, epoch, slots }).await;
+        }
+        let r = self.raft.client_write(GridCommand::CaughtUp { node, epoch, slots }).await;
+        Ok(r.map_err(|e| e.to_string())?.data.epoch)
+    }
+
+    /// Tells the grid this node has finished a full sync of `slots` (asked under the map of
+    /// `epoch`), retrying through leader changes; it gives up once its map no longer lists it
+    /// as a replica of any of them (the report would change nothing).
+    pub async fn report_caught_up(self: Arc<Self>, epoch: u64, slots: Vec<u16>) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.caught_up(self.me.id, epoch, slots.clone()).await {
+                Ok(_) => return,
+                Err(e) => tracing::debug!(error = %e, "caught-up report not committed yet"),
+            }
+            let view = self.cluster.view();
+            let Some(me) = view.me else { return };
+            if !slots.iter().any(|&s| view.map.slots[s as usize].replicas.contains(&me)) {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
     /// Extends a follower's lease from an AppendEntries read at `received` — unless this
     /// process was just paused (SIGSTOP, a stalled VM): requests the kernel buffered during
     /// the pause are read first on resuming and may come from a leader that has since failed
@@ -551,6 +580,9 @@ impl Consensus {
             BusRequest::Forget(id) => BusResponse::Membership(self.leave(id, true).await),
             BusRequest::SlotsMoved { from, to, slots } => {
                 BusResponse::Membership(self.slots_moved(from, to, slots).await)
+            }
+            BusRequest::CaughtUp { node, epoch, slots } => {
+                BusResponse::Membership(self.caught_up(node, epoch, slots).await)
             }
         }
     }
