@@ -254,6 +254,25 @@ where
     Ok(())
 }
 
+/// Descriptors the node needs besides its clients' (listeners, the bus, files, Postgres), as
+/// Redis reserves 32.
+const RESERVED_FDS: u64 = 128;
+
+/// Raises the soft open-files limit so `maxclients` connections fit, as Redis does at start; a
+/// hard limit too low for them is reported, not fatal (the clients past it are refused).
+fn raise_open_files_limit(maxclients: usize) {
+    let wanted = maxclients as u64 + RESERVED_FDS;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            limit = got,
+            maxclients,
+            "the open files limit is below maxclients + {RESERVED_FDS}: raise the hard limit (ulimit -Hn) to accept every client"
+        ),
+        Ok(got) => tracing::debug!(limit = got, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open files limit"),
+    }
+}
+
 fn run_node(config: Config) -> anyhow::Result<()> {
     let mut rt = if config.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -265,6 +284,7 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         b
     };
     let rt = rt.enable_all().build().context("cannot start the runtime")?;
+    raise_open_files_limit(config.maxclients);
     let config_drain = config.shutdown_drain;
     rt.block_on(async move {
         info!(version = env!("CARGO_PKG_VERSION"), threads = config.threads, "starting cachegrid node");

@@ -188,6 +188,35 @@ fn five_hundred_concurrent_connections_all_get_answers() {
     assert_eq!(node.server.clients.len(), 500);
 }
 
+/// Issue 8: 10,000 concurrent connections are held on one machine (the node is a separate
+/// process, as in production, so each side has its own descriptors; the node raises its own
+/// open-files limit to fit `maxclients`), every one is served, and the one past `maxclients`
+/// gets Redis's error while the others keep working.
+#[test]
+fn ten_thousand_concurrent_connections_are_held_and_served() {
+    const CLIENTS: usize = 10_000;
+    let limit = rlimit::increase_nofile_limit(CLIENTS as u64 + 1000).unwrap();
+    assert!(limit > CLIENTS as u64, "this test needs {CLIENTS} descriptors; the hard limit is {limit}");
+    let node = common::NodeProcess::spawn(&["--maxclients", &CLIENTS.to_string()]);
+    let mut conns: Vec<Raw> = (0..CLIENTS).map(|_| node.raw()).collect();
+    // Every connection sends before any reads: all 10,000 are open and waiting at once.
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.send(&encode(&[b"SET", format!("conn:{i}").as_bytes(), i.to_string().as_bytes()]));
+    }
+    for c in conns.iter_mut() {
+        assert_eq!(text(&c.read_reply().unwrap()), "+OK\r\n");
+    }
+    let info = conns[0].cmd_str(&["INFO", "clients"]);
+    assert!(info.contains(&format!("connected_clients:{CLIENTS}\r\n")), "{info}");
+    let mut extra = node.raw();
+    assert_eq!(text(&extra.read_reply().unwrap()), "-ERR max number of clients reached\r\n");
+    for (i, c) in conns.iter_mut().enumerate().step_by(97) {
+        let v = i.to_string();
+        assert_eq!(c.cmd_str(&["GET", &format!("conn:{i}")]), format!("${}\r\n{v}\r\n", v.len()));
+    }
+    assert_eq!(conns[CLIENTS - 1].cmd_str(&["DBSIZE"]), format!(":{CLIENTS}\r\n"));
+}
+
 #[test]
 fn inline_commands_match_redis() {
     let node = TestNode::start();
