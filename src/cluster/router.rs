@@ -244,7 +244,7 @@ mod tests {
         route(map, Some(me), keys.iter().map(|k| k.as_bytes()), write, flags)
     }
 
-    const PLAIN: ClientFlags = ClientFlags { readonly: false, asking: false };
+    const PLAIN: ClientFlags = ClientFlags { readonly: false, asking: false, tls: false };
 
     #[test]
     fn keys_of_owned_slots_run_here_others_are_moved() {
@@ -260,6 +260,16 @@ mod tests {
     }
 
     #[test]
+    fn a_client_on_tls_is_moved_to_the_tls_port_where_the_node_has_one() {
+        let mut map = two_nodes();
+        let tls = ClientFlags { tls: true, ..PLAIN };
+        assert_eq!(r(&map, 0, &["foo"], false, tls), Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:7001")));
+        map.nodes[1].tls_port = 8001;
+        assert_eq!(r(&map, 0, &["foo"], false, tls), Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:8001")));
+        assert_eq!(r(&map, 0, &["foo"], false, PLAIN), Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:7001")));
+    }
+
+    #[test]
     fn keys_in_different_slots_are_crossslot_even_when_all_are_local() {
         let map = two_nodes();
         assert_eq!(r(&map, 0, &["bar", "foo"], true, PLAIN), Route::Redirect(Reply::error(CROSSSLOT)));
@@ -269,7 +279,7 @@ mod tests {
     #[test]
     fn readonly_clients_read_from_replicas_but_writes_still_move() {
         let map = two_nodes();
-        let ro = ClientFlags { readonly: true, asking: false };
+        let ro = ClientFlags { readonly: true, asking: false, tls: false };
         assert_eq!(r(&map, 0, &["foo"], false, ro), Route::Local);
         assert!(matches!(r(&map, 0, &["foo"], true, ro), Route::Redirect(_)));
     }
@@ -287,7 +297,7 @@ mod tests {
         map.migrations.insert(12182, Migration { from: 1, to: 0 });
         assert_eq!(r(&map, 1, &["foo"], true, PLAIN), Route::Migrating { slot: 12182, to: 0 });
         assert!(matches!(r(&map, 0, &["foo"], true, PLAIN), Route::Redirect(_)));
-        let asking = ClientFlags { readonly: false, asking: true };
+        let asking = ClientFlags { readonly: false, asking: true, tls: false };
         assert_eq!(r(&map, 0, &["foo"], true, asking), Route::Importing);
     }
 
