@@ -40,7 +40,8 @@ impl Ca {
         let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         p.distinguished_name.push(DnType::CommonName, name);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -83,9 +84,11 @@ impl Pki {
     /// Flags giving a node this PKI's node certificate.
     fn node_flags(&self) -> Vec<String> {
         let mut flags = Vec::new();
-        for (flag, file) in
-            [("--tls-cert-file", "node.crt"), ("--tls-key-file", "node.key"), ("--tls-ca-cert-file", "ca.crt")]
-        {
+        for (flag, file) in [
+            ("--tls-cert-file", "node.crt"),
+            ("--tls-key-file", "node.key"),
+            ("--tls-ca-cert-file", "ca.crt"),
+        ] {
             flags.extend([flag.to_string(), self.path(file)]);
         }
         flags
@@ -208,13 +211,20 @@ fn a_client_certificate_from_another_ca_is_refused_even_when_optional() {
 fn plain_and_tls_ports_serve_the_same_data_and_cluster_replies_name_the_port_of_the_asking_client() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut args: Vec<String> = ["--tls-port", "0", "--cluster-enabled", "true", "--dir"].map(String::from).into();
+    let mut args: Vec<String> =
+        ["--tls-port", "0", "--cluster-enabled", "true", "--dir"].map(String::from).into();
     args.push(dir.path().to_str().unwrap().into());
-    args.extend(["--cluster-port".into(), free_port().to_string(), "--admin-port".into(), free_port().to_string()]);
+    args.extend([
+        "--cluster-port".into(),
+        free_port().to_string(),
+        "--admin-port".into(),
+        free_port().to_string(),
+    ]);
     args.extend(pki.node_flags());
     let node = NodeProcess::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let mut plain = node.raw();
-    let tls_port: u16 = plain.cmd_str(&["CONFIG", "GET", "tls-port"]).lines().nth(4).unwrap().parse().unwrap();
+    let tls_port: u16 =
+        plain.cmd_str(&["CONFIG", "GET", "tls-port"]).lines().nth(4).unwrap().parse().unwrap();
     assert_ne!(tls_port, node.addr.port());
     let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
     let mut tls = pki.client(tls_addr, false).get_connection().unwrap();
@@ -347,7 +357,12 @@ impl Member {
             .map(String::from)
             .into();
         args.push(dir.path().to_str().unwrap().into());
-        args.extend(["--cluster-port".into(), bus.to_string(), "--admin-port".into(), free_port().to_string()]);
+        args.extend([
+            "--cluster-port".into(),
+            bus.to_string(),
+            "--admin-port".into(),
+            free_port().to_string(),
+        ]);
         args.extend(["--cluster-node-timeout".into(), "3000".into()]);
         match seed {
             Some(s) => args.extend(["--join".into(), format!("{}@{}", s.process.addr, s.bus)]),
@@ -378,8 +393,8 @@ fn wait_for_grid(pki: &Pki, members: &[&Member], known: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_only_grid_with_mutual_tls_on_its_bus_forms_serves_cluster_clients_and_keeps_out_another_cas_node()
-{
+async fn a_tls_only_grid_with_mutual_tls_on_its_bus_forms_serves_cluster_clients_and_keeps_out_another_cas_node(
+) {
     let pki = Pki::new();
     let flags = pki.node_flags();
     let a = Member::start(&flags, None);
@@ -441,7 +456,8 @@ async fn a_tls_only_grid_with_mutual_tls_on_its_bus_forms_serves_cluster_clients
         assert!(info.contains("cluster_known_nodes:3\r\n") && info.contains("cluster_state:ok"), "{info}");
     }
     // Its own port trusts the grid's CA for clients, and shows the intruder's certificate.
-    let certs = redis::TlsCertificates { root_cert: Some(intruder_pki.read("ca.crt")), ..pki.client_certs(false) };
+    let certs =
+        redis::TlsCertificates { root_cert: Some(intruder_pki.read("ca.crt")), ..pki.client_certs(false) };
     let own = redis::Client::build_with_tls(format!("rediss://{}/", intruder.process.addr), certs).unwrap();
     let mut own = own.get_connection().unwrap();
     let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut own).unwrap();

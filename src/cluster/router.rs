@@ -263,10 +263,19 @@ mod tests {
     fn a_client_on_tls_is_moved_to_the_tls_port_where_the_node_has_one() {
         let mut map = two_nodes();
         let tls = ClientFlags { tls: true, ..PLAIN };
-        assert_eq!(r(&map, 0, &["foo"], false, tls), Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:7001")));
+        assert_eq!(
+            r(&map, 0, &["foo"], false, tls),
+            Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:7001"))
+        );
         map.nodes[1].tls_port = 8001;
-        assert_eq!(r(&map, 0, &["foo"], false, tls), Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:8001")));
-        assert_eq!(r(&map, 0, &["foo"], false, PLAIN), Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:7001")));
+        assert_eq!(
+            r(&map, 0, &["foo"], false, tls),
+            Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:8001"))
+        );
+        assert_eq!(
+            r(&map, 0, &["foo"], false, PLAIN),
+            Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:7001"))
+        );
     }
 
     #[test]
