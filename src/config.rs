@@ -122,6 +122,30 @@ pub struct Config {
     /// ACL users, one per entry in Redis's ACL file syntax without the leading `user`
     /// (`"alice on >secret ~session:* +@read +@write"`); applied after `requirepass`.
     pub acl: Vec<String>,
+    /// TLS client port (`tls-port`), serving the same commands as `port` over TLS; unset: no
+    /// TLS port, 0 picks a free one.
+    pub tls_port: Option<u16>,
+    /// Serve clients on `tls-port` only, with no plaintext client port (Redis says `port 0`
+    /// for this; here `port = 0` picks a free port). The cluster bus and admin port defaults
+    /// then count from `tls-port`.
+    pub tls_only: bool,
+    /// PEM certificate (chain) of this node (`tls-cert-file`), for the TLS port and the
+    /// cluster bus.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls-cert-file` (`tls-key-file`; unencrypted PKCS#8, PKCS#1 or
+    /// SEC1). Its contents are never logged.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates that client certificates and cluster peers are verified against
+    /// (`tls-ca-cert-file`).
+    pub tls_ca_cert_file: Option<PathBuf>,
+    /// Client certificates on the TLS port (`tls-auth-clients`): `yes` requires one signed by
+    /// `tls-ca-cert-file`, `optional` verifies one when presented, `no` asks for none.
+    pub tls_auth_clients: crate::tls::TlsAuthClients,
+    /// Mutual TLS on the cluster bus (`tls-cluster`): peers present `tls-cert-file` and must
+    /// carry a certificate signed by `tls-ca-cert-file`. Every member needs the same setting.
+    pub tls_cluster: bool,
+    /// TLS versions accepted, space-separated (`tls-protocols`): `TLSv1.2`, `TLSv1.3`.
+    pub tls_protocols: String,
 }
 
 impl Default for Config {
@@ -166,6 +190,14 @@ impl Default for Config {
             cluster_replication_timeout: 1000,
             protected_mode: true,
             acl: Vec::new(),
+            tls_port: None,
+            tls_only: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_cert_file: None,
+            tls_auth_clients: crate::tls::TlsAuthClients::Yes,
+            tls_cluster: false,
+            tls_protocols: "TLSv1.2 TLSv1.3".into(),
         }
     }
 }
@@ -286,21 +318,37 @@ impl Config {
                 reason: "must be at most 3600 seconds".into(),
             });
         }
+        match crate::tls::validate(self) {
+            Ok(()) => {}
+            Err(crate::tls::TlsError::Option { option, reason }) => {
+                return Err(ConfigError::Invalid { name: option, reason })
+            }
+            Err(e) => return Err(ConfigError::Invalid { name: "tls", reason: e.to_string() }),
+        }
         self.admin_addr()?;
         crate::persistence::validate(self).map_err(|(name, reason)| ConfigError::Invalid { name, reason })?;
         Ok(())
+    }
+
+    /// The port other defaults count from: `port`, or `tls-port` with `tls-only`.
+    pub fn client_port(&self) -> u16 {
+        match (self.tls_only, self.tls_port) {
+            (true, Some(p)) => p,
+            _ => self.port,
+        }
     }
 
     /// Where the admin HTTP port listens: `admin-bind` (or `bind`) and `admin-port` (or the
     /// client port + 1000; a free port when the client port is 0).
     pub fn admin_addr(&self) -> Result<(String, u16), ConfigError> {
         let bind = self.admin_bind.clone().unwrap_or_else(|| self.bind.clone());
+        let client = self.client_port();
         let port = match self.admin_port {
             Some(p) => p,
-            None if self.port == 0 => 0,
-            None => self.port.checked_add(1000).ok_or(ConfigError::Invalid {
+            None if client == 0 => 0,
+            None => client.checked_add(1000).ok_or(ConfigError::Invalid {
                 name: "admin-port",
-                reason: format!("client port {} + 1000 is past 65535: set admin-port", self.port),
+                reason: format!("client port {client} + 1000 is past 65535: set admin-port"),
             })?,
         };
         Ok((bind, port))

@@ -168,6 +168,38 @@ struct NodeArgs {
     #[arg(long = "cluster-port")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-port")]
     cluster_port: Option<u16>,
+    /// TLS client port; 0 picks a free one.
+    #[arg(long = "tls-port")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "tls-port")]
+    tls_port: Option<u16>,
+    /// `yes`: serve clients on --tls-port only (no plaintext client port).
+    #[arg(long = "tls-only", value_parser = ["yes", "no"])]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "tls-only", serialize_with = "ser_yes_no")]
+    tls_only: Option<String>,
+    /// PEM certificate of this node (TLS port and cluster bus).
+    #[arg(long = "tls-cert-file")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "tls-cert-file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long = "tls-key-file")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "tls-key-file")]
+    tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates that clients and cluster peers are verified against.
+    #[arg(long = "tls-ca-cert-file")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "tls-ca-cert-file")]
+    tls_ca_cert_file: Option<PathBuf>,
+    /// Client certificates on the TLS port: yes (required), optional or no.
+    #[arg(long = "tls-auth-clients", value_parser = ["yes", "optional", "no"])]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "tls-auth-clients")]
+    tls_auth_clients: Option<String>,
+    /// `yes`: mutual TLS on the cluster bus.
+    #[arg(long = "tls-cluster", value_parser = ["yes", "no"])]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "tls-cluster", serialize_with = "ser_yes_no")]
+    tls_cluster: Option<String>,
+    /// TLS versions accepted, e.g. "TLSv1.2 TLSv1.3".
+    #[arg(long = "tls-protocols")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "tls-protocols")]
+    tls_protocols: Option<String>,
 }
 
 fn init_logging(config: &Config) {

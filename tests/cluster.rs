@@ -266,6 +266,7 @@ fn two_node_grid() -> (Vec<(TestNode, tempfile::TempDir)>, SlotMap) {
             port: n.addr.port(),
             bus_port: 0,
             zone: "z".into(),
+            tls_port: 0,
         })
         .collect();
     let assignment: Vec<SlotAssignment> = (0..SLOT_COUNT)

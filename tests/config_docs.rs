@@ -55,6 +55,10 @@ fn example(name: &str) -> &'static str {
         "admin-port" => "8379",
         "admin-bind" => "\"0.0.0.0\"",
         "postgres-url" => "\"postgres://postgres@127.0.0.1:5432/test\"",
+        "tls-port" => "6380",
+        "tls-cert-file" => "\"/etc/cachegrid/tls/node.crt\"",
+        "tls-key-file" => "\"/etc/cachegrid/tls/node.key\"",
+        "tls-ca-cert-file" => "\"/etc/cachegrid/tls/ca.crt\"",
         other => panic!("option {other} has no default: add an example value to tests/config_docs.rs"),
     }
 }

@@ -3,7 +3,8 @@
 //! request at a time and its response. JSON because the control plane (Raft votes, log entries,
 //! joins) is small and rare, and openraft's messages are serde types whose shapes a
 //! non-self-describing format does not always round-trip. Slot data (keys moving to a new
-//! primary) travels in binary frames instead: a first byte of 0, then bincode.
+//! primary) travels in binary frames instead: a first byte of 0, then bincode. With
+//! `tls-cluster` every bus connection is mutual TLS (see [`set_tls`]); the framing is the same.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::server::Server;
@@ -114,25 +115,44 @@ pub enum BusError {
     },
 }
 
+/// Mutual TLS for every bus connection of this process, set once at start with `tls-cluster`.
+/// Process-wide rather than passed to each [`BusClient`]: clients are made in many places, and
+/// a process runs one node.
+static TLS: std::sync::OnceLock<crate::tls::BusTls> = std::sync::OnceLock::new();
+
+/// Turns on mutual TLS for the bus (connections made and accepted from now on). Called once,
+/// before the bus starts; later calls are ignored.
+pub fn set_tls(tls: crate::tls::BusTls) {
+    let _ = TLS.set(tls);
+}
+
+/// A bus connection: plain TCP, or TLS over it.
+trait BusStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> BusStream for S {}
+
 /// Writes one frame.
-async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> std::io::Result<()> {
+async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, message: &impl Serialize) -> std::io::Result<()> {
     let body = serde_json::to_vec(message).map_err(std::io::Error::other)?;
     write_body(stream, &body).await
 }
 
 /// Writes one frame holding `body`.
-async fn write_body(stream: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+async fn write_body<S: AsyncWrite + Unpin>(stream: &mut S, body: &[u8]) -> std::io::Result<()> {
     if body.len() > MAX_FRAME {
         return Err(std::io::Error::other("cluster bus frame too large"));
     }
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(body);
-    stream.write_all(&frame).await
+    stream.write_all(&frame).await?;
+    // TLS may hold back records the socket did not take (a no-op for plain TCP).
+    stream.flush().await
 }
 
 /// Reads one JSON frame; None at a clean end of stream between frames.
-async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std::io::Result<Option<T>> {
+async fn read_frame<T: for<'de> Deserialize<'de>, S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Option<T>> {
     match read_body(stream).await? {
         Some(body) => serde_json::from_slice(&body)
             .map(Some)
@@ -142,7 +162,7 @@ async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std
 }
 
 /// Reads one frame's body; None at a clean end of stream between frames.
-async fn read_body(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+async fn read_body<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
         Ok(_) => {}
@@ -161,7 +181,7 @@ async fn read_body(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
 /// A connection to one peer's bus, opened on first use and again after any failure.
 pub struct BusClient {
     peer: String,
-    stream: tokio::sync::Mutex<Option<TcpStream>>,
+    stream: tokio::sync::Mutex<Option<Box<dyn BusStream>>>,
 }
 
 impl BusClient {
@@ -203,11 +223,17 @@ impl BusClient {
             if slot.is_none() {
                 let stream = TcpStream::connect(&peer).await?;
                 stream.set_nodelay(true)?;
-                *slot = Some(stream);
+                *slot = Some(match TLS.get() {
+                    None => Box::new(stream),
+                    Some(tls) => {
+                        let name = crate::tls::BusTls::server_name(&peer);
+                        Box::new(tls.connector.connect(name, stream).await?)
+                    }
+                });
             }
             let stream = slot.as_mut().expect("connected above");
             write_body(stream, body).await?;
-            read_frame::<BusResponse>(stream)
+            read_frame::<BusResponse, _>(stream)
                 .await?
                 .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "peer closed the bus"))
         };
@@ -244,7 +270,7 @@ pub async fn serve(listener: TcpListener, consensus: Arc<Consensus>, server: Arc
                     tokio::spawn(async move {
                         tokio::select! {
                             _ = shutdown.cancelled() => {}
-                            r = serve_peer(stream, peer, consensus, server) => if let Err(e) = r {
+                            r = accept_peer(stream, peer, consensus, server) => if let Err(e) = r {
                                 tracing::debug!(%peer, error = %e, "cluster bus connection ended");
                             }
                         }
@@ -259,13 +285,35 @@ pub async fn serve(listener: TcpListener, consensus: Arc<Consensus>, server: Arc
     }
 }
 
-async fn serve_peer(
-    mut stream: TcpStream,
-    _peer: SocketAddr,
+/// Serves one accepted connection, after the TLS handshake with `tls-cluster`: a peer without
+/// a certificate the grid's CA signed is refused.
+async fn accept_peer(
+    stream: TcpStream,
+    peer: SocketAddr,
     consensus: Arc<Consensus>,
     server: Arc<Server>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    let Some(tls) = TLS.get() else { return serve_peer(stream, peer, consensus, server).await };
+    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => serve_peer(stream, peer, consensus, server).await,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "cluster bus: refused a peer whose TLS handshake failed (tls-cluster needs a certificate signed by tls-ca-cert-file)");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "cluster bus: refused a peer that did not finish its TLS handshake in time");
+            Ok(())
+        }
+    }
+}
+
+async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    _peer: SocketAddr,
+    consensus: Arc<Consensus>,
+    server: Arc<Server>,
+) -> std::io::Result<()> {
     while let Some(body) = read_body(&mut stream).await? {
         let response = if body.first() == Some(&migration::BINARY_FRAME) {
             match migration::decode(&body[1..]) {
@@ -309,7 +357,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            read_frame::<BusRequest>(&mut s).await
+            read_frame::<BusRequest, _>(&mut s).await
         });
         let mut c = TcpStream::connect(addr).await.unwrap();
         c.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();

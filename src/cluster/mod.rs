@@ -52,6 +52,8 @@ pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()>
         .with_context(|| format!("cannot listen on the cluster bus port {}:{wanted}", config.bind))?;
     let mut config = config;
     config.cluster_port = listener.local_addr()?.port();
+    // Announce the TLS port actually bound (tls-port 0 picks one).
+    config.tls_port = server.tls_addr.read().map(|a| a.port());
     let info = state::announce(me, &config, addr);
     let raft_dir = config.dir.join(RAFT_DIR);
     let fresh = !raft_dir.join(consensus::log_store::LOG_FILE).exists();

@@ -72,17 +72,18 @@ pub fn route<'k>(
     if client.readonly && !write && me.is_some_and(|me| owners.replicas.contains(&me)) {
         return Route::Local;
     }
-    Route::Redirect(moved("MOVED", slot, map, primary))
+    Route::Redirect(moved("MOVED", slot, map, primary, client.tls))
 }
 
 /// The dispatcher's second look, with the command's keys locked: for a slot migrating away
 /// from this node, keys that left since [`check`] send the client on (ASK, or TRYAGAIN when
-/// only some left). Costs nothing while no slot migrates.
+/// only some left). Costs nothing while no slot migrates. `tls`: the client is on TLS.
 pub fn recheck(
     cluster: &Cluster,
     db: &mut crate::store::keyspace::Db<'_>,
     spec: &CommandSpec,
     args: &[Bytes],
+    tls: bool,
 ) -> Option<Reply> {
     if !matches!(spec.keys, Keys::Range { .. }) {
         return None;
@@ -107,13 +108,13 @@ pub fn recheck(
     match (present, missing) {
         _ if travelling > 0 => Some(Reply::error(TRYAGAIN)),
         (_, 0) => None,
-        (0, _) => Some(moved("ASK", slot, &view.map, m.to)),
+        (0, _) => Some(moved("ASK", slot, &view.map, m.to, tls)),
         _ => Some(Reply::error(TRYAGAIN)),
     }
 }
 
-fn moved(kind: &str, slot: u16, map: &SlotMap, node: u16) -> Reply {
-    Reply::error(format!("{kind} {slot} {}", map.node(node).endpoint()))
+fn moved(kind: &str, slot: u16, map: &SlotMap, node: u16, tls: bool) -> Reply {
+    Reply::error(format!("{kind} {slot} {}", map.node(node).endpoint_for(tls)))
 }
 
 /// The dispatcher's hook: None to run the command here, or the redirection to reply with.
@@ -170,7 +171,7 @@ pub fn check(
                 // Keys on their way to the target are in neither place a client can read.
                 (_, m) if m > 0 && keys.iter().any(|k| cluster.is_in_flight(k)) => Reply::error(TRYAGAIN),
                 (_, 0) => return None,
-                (0, _) => moved("ASK", slot, map, to),
+                (0, _) => moved("ASK", slot, map, to, flags.tls),
                 _ => Reply::error(TRYAGAIN),
             }
         }
@@ -227,6 +228,7 @@ mod tests {
                 port: 7000 + i as u16,
                 bus_port: 0,
                 zone: "z".into(),
+                tls_port: 0,
             })
             .collect();
         let a: Vec<SlotAssignment> = (0..SLOT_COUNT)
@@ -242,7 +244,7 @@ mod tests {
         route(map, Some(me), keys.iter().map(|k| k.as_bytes()), write, flags)
     }
 
-    const PLAIN: ClientFlags = ClientFlags { readonly: false, asking: false };
+    const PLAIN: ClientFlags = ClientFlags { readonly: false, asking: false, tls: false };
 
     #[test]
     fn keys_of_owned_slots_run_here_others_are_moved() {
@@ -258,6 +260,25 @@ mod tests {
     }
 
     #[test]
+    fn a_client_on_tls_is_moved_to_the_tls_port_where_the_node_has_one() {
+        let mut map = two_nodes();
+        let tls = ClientFlags { tls: true, ..PLAIN };
+        assert_eq!(
+            r(&map, 0, &["foo"], false, tls),
+            Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:7001"))
+        );
+        map.nodes[1].tls_port = 8001;
+        assert_eq!(
+            r(&map, 0, &["foo"], false, tls),
+            Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:8001"))
+        );
+        assert_eq!(
+            r(&map, 0, &["foo"], false, PLAIN),
+            Route::Redirect(Reply::error("MOVED 12182 10.0.0.1:7001"))
+        );
+    }
+
+    #[test]
     fn keys_in_different_slots_are_crossslot_even_when_all_are_local() {
         let map = two_nodes();
         assert_eq!(r(&map, 0, &["bar", "foo"], true, PLAIN), Route::Redirect(Reply::error(CROSSSLOT)));
@@ -267,7 +288,7 @@ mod tests {
     #[test]
     fn readonly_clients_read_from_replicas_but_writes_still_move() {
         let map = two_nodes();
-        let ro = ClientFlags { readonly: true, asking: false };
+        let ro = ClientFlags { readonly: true, asking: false, tls: false };
         assert_eq!(r(&map, 0, &["foo"], false, ro), Route::Local);
         assert!(matches!(r(&map, 0, &["foo"], true, ro), Route::Redirect(_)));
     }
@@ -285,7 +306,7 @@ mod tests {
         map.migrations.insert(12182, Migration { from: 1, to: 0 });
         assert_eq!(r(&map, 1, &["foo"], true, PLAIN), Route::Migrating { slot: 12182, to: 0 });
         assert!(matches!(r(&map, 0, &["foo"], true, PLAIN), Route::Redirect(_)));
-        let asking = ClientFlags { readonly: false, asking: true };
+        let asking = ClientFlags { readonly: false, asking: true, tls: false };
         assert_eq!(r(&map, 0, &["foo"], true, asking), Route::Importing);
     }
 

@@ -24,12 +24,31 @@ pub struct NodeInfo {
     pub bus_port: u16,
     /// Failure zone (rack, availability zone): replicas avoid their primary's zone.
     pub zone: String,
+    /// TLS client port; 0 when the node has none (and in maps written before TLS existed).
+    /// Equal to `port` on a TLS-only node.
+    #[serde(default)]
+    pub tls_port: u16,
 }
 
 impl NodeInfo {
     /// `host:port`, as MOVED and ASK name a node.
     pub fn endpoint(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// The port a client on TLS (`tls`) or plaintext is sent to: the TLS port when it asks
+    /// over TLS and the node has one.
+    pub fn client_port(&self, tls: bool) -> u16 {
+        if tls && self.tls_port != 0 {
+            self.tls_port
+        } else {
+            self.port
+        }
+    }
+
+    /// `host:port` for a client on TLS or plaintext (MOVED, ASK).
+    pub fn endpoint_for(&self, tls: bool) -> String {
+        format!("{}:{}", self.host, self.client_port(tls))
     }
 }
 
@@ -235,6 +254,7 @@ pub(crate) fn test_node(i: u8, zone: &str) -> NodeInfo {
         port: 7000 + i as u16,
         bus_port: 17000 + i as u16,
         zone: zone.into(),
+        tls_port: 0,
     }
 }
 

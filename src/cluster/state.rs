@@ -363,7 +363,9 @@ pub fn announce(me: NodeId, config: &Config, addr: SocketAddr) -> NodeInfo {
         0 => addr.port().checked_add(10000).unwrap_or(0),
         p => p,
     };
-    NodeInfo { id: me, host, port: addr.port(), bus_port, zone: config.zone.clone() }
+    // `tls-port` holds the port actually bound by now (see `cluster::start`).
+    let tls_port = config.tls_port.unwrap_or(0);
+    NodeInfo { id: me, host, port: addr.port(), bus_port, zone: config.zone.clone(), tls_port }
 }
 
 /// Per-connection cluster flags.
@@ -373,6 +375,9 @@ pub struct ClientFlags {
     pub readonly: bool,
     /// ASKING: the next command may run on a slot this node is importing.
     pub asking: bool,
+    /// The client came in on the TLS port: redirections and CLUSTER SLOTS/SHARDS/NODES give
+    /// it TLS ports (as Redis 7.2 answers by connection type). Fixed for the connection.
+    pub tls: bool,
 }
 
 #[cfg(test)]

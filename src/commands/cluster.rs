@@ -108,12 +108,13 @@ fn info(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     Reply::Verbatim(Bytes::from(text))
 }
 
-/// One node as CLUSTER SLOTS lists it: ip, port, id, and (Redis 7) a map of extra names.
-fn slot_node(map: &SlotMap, i: u16) -> Reply {
+/// One node as CLUSTER SLOTS lists it: ip, port (its TLS port for a client on TLS), id, and
+/// (Redis 7) a map of extra names.
+fn slot_node(map: &SlotMap, i: u16, tls: bool) -> Reply {
     let n = map.node(i);
     Reply::Array(vec![
         Reply::bulk(n.host.as_bytes()),
-        Reply::Int(n.port as i64),
+        Reply::Int(n.client_port(tls) as i64),
         Reply::bulk_string(n.id.to_string()),
         Reply::Map(vec![]),
     ])
@@ -121,12 +122,13 @@ fn slot_node(map: &SlotMap, i: u16) -> Reply {
 
 fn slots(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     let c = cluster_or_reply!(ctx);
+    let tls = ctx.client.cluster.tls;
     let view = c.view();
     let map = &view.map;
     let ranges = map.ranges().into_iter().filter_map(|(first, last, owners)| {
         let primary = owners.primary?;
-        let mut entry = vec![Reply::Int(first as i64), Reply::Int(last as i64), slot_node(map, primary)];
-        entry.extend(owners.replicas.iter().map(|&r| slot_node(map, r)));
+        let mut entry = vec![Reply::Int(first as i64), Reply::Int(last as i64), slot_node(map, primary, tls)];
+        entry.extend(owners.replicas.iter().map(|&r| slot_node(map, r, tls)));
         Some(Reply::Array(entry))
     });
     Reply::Array(ranges.collect())
@@ -148,17 +150,25 @@ fn shards(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
             None => groups.push((owners, bounds.to_vec())),
         }
     }
+    // As Redis 7: `port` for the plaintext port and `tls-port` for the TLS one, each only
+    // when the node has it (a TLS-only node announces its TLS port as both).
     let node = |i: u16, role: &'static str| {
         let n = map.node(i);
-        Reply::Map(vec![
-            (Reply::bulk_static("id"), Reply::bulk_string(n.id.to_string())),
-            (Reply::bulk_static("port"), Reply::Int(n.port as i64)),
+        let mut fields = vec![(Reply::bulk_static("id"), Reply::bulk_string(n.id.to_string()))];
+        if n.tls_port == 0 || n.tls_port != n.port {
+            fields.push((Reply::bulk_static("port"), Reply::Int(n.port as i64)));
+        }
+        if n.tls_port != 0 {
+            fields.push((Reply::bulk_static("tls-port"), Reply::Int(n.tls_port as i64)));
+        }
+        fields.extend([
             (Reply::bulk_static("ip"), Reply::bulk(n.host.as_bytes())),
             (Reply::bulk_static("endpoint"), Reply::bulk(n.host.as_bytes())),
             (Reply::bulk_static("role"), Reply::bulk_static(role)),
             (Reply::bulk_static("replication-offset"), Reply::Int(0)),
             (Reply::bulk_static("health"), Reply::bulk_static("online")),
-        ])
+        ]);
+        Reply::Map(fields)
     };
     let out = groups.into_iter().map(|(owners, slots)| {
         let primary = owners.primary.expect("unassigned ranges were skipped");
@@ -174,6 +184,7 @@ fn shards(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
 
 fn nodes(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     let c = cluster_or_reply!(ctx);
+    let tls = ctx.client.cluster.tls;
     let view = c.view();
     let (map, me) = (&view.map, view.me);
     let ranges = map.ranges();
@@ -183,7 +194,11 @@ fn nodes(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
         let flags = if Some(i) == me { "myself,master" } else { "master" };
         text.push_str(&format!(
             "{} {}:{}@{} {flags} - 0 0 {} connected",
-            n.id, n.host, n.port, n.bus_port, map.epoch
+            n.id,
+            n.host,
+            n.client_port(tls),
+            n.bus_port,
+            map.epoch
         ));
         for (first, last, _) in ranges.iter().filter(|(_, _, o)| o.primary == Some(i)) {
             if first == last {

@@ -75,6 +75,13 @@ pub static PARAMS: &[Param] = &[
     Param { name: "hash-max-listpack-entries", aliases: &["hash-max-ziplist-entries"], doc: "Most fields of a compact hash.", get: |s| s.keyspace.settings.hash_max_entries.load(Ordering::Relaxed).to_string(), access: Access::Mutable(set_hash_entries) },
     Param { name: "hash-max-listpack-value", aliases: &["hash-max-ziplist-value"], doc: "Longest field or value of a compact hash (memory units).", get: |s| s.keyspace.settings.hash_max_value.load(Ordering::Relaxed).to_string(), access: Access::Mutable(set_hash_value) },
     Param { name: "requirepass", aliases: &[], doc: "Password of the default user; empty means none.", get: |s| s.config.read().requirepass.clone().unwrap_or_default(), access: Access::Mutable(set_requirepass) },
+    Param { name: "tls-port", aliases: &[], doc: "TLS client port; 0 when none (fixed while running).", get: |s| s.tls_addr.read().map(|a| a.port()).unwrap_or(0).to_string(), access: Access::Immutable },
+    Param { name: "tls-cert-file", aliases: &[], doc: "PEM certificate of this node.", get: |s| path(&s.config.read().tls_cert_file), access: Access::Immutable },
+    Param { name: "tls-key-file", aliases: &[], doc: "PEM private key of tls-cert-file (the path, never the key).", get: |s| path(&s.config.read().tls_key_file), access: Access::Immutable },
+    Param { name: "tls-ca-cert-file", aliases: &[], doc: "PEM CA certificates clients and peers are verified against.", get: |s| path(&s.config.read().tls_ca_cert_file), access: Access::Immutable },
+    Param { name: "tls-auth-clients", aliases: &[], doc: "Client certificates on the TLS port: yes, optional or no.", get: |s| s.config.read().tls_auth_clients.as_str().into(), access: Access::Immutable },
+    Param { name: "tls-cluster", aliases: &[], doc: "Mutual TLS on the cluster bus.", get: |s| if s.config.read().tls_cluster { "yes".into() } else { "no".into() }, access: Access::Immutable },
+    Param { name: "tls-protocols", aliases: &[], doc: "TLS versions accepted.", get: |s| s.config.read().tls_protocols.clone(), access: Access::Immutable },
     Param { name: "protected-mode", aliases: &[], doc: "Refuse non-loopback clients while the default user has no password.", get: |s| if s.config.read().protected_mode { "yes".into() } else { "no".into() }, access: Access::Mutable(set_protected_mode) },
     Param { name: "dir", aliases: &[], doc: "Directory for the node's files (protected, as in Redis).", get: get_dir, access: Access::Protected },
     Param { name: "databases", aliases: &[], doc: "Number of databases: always 1.", get: |_| "1".into(), access: Access::Immutable },
@@ -96,6 +103,11 @@ fn get_port(s: &Server) -> String {
         Some(addr) => addr.port().to_string(),
         None => s.config.read().port.to_string(),
     }
+}
+
+/// A configured path as CONFIG GET shows it; empty when unset.
+fn path(p: &Option<std::path::PathBuf>) -> String {
+    p.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
 }
 
 fn get_dir(s: &Server) -> String {

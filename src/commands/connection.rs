@@ -162,6 +162,6 @@ fn reset(ctx: &mut Ctx<'_, '_>, _: &[Bytes]) -> Reply {
     ctx.client.authenticated = !ctx.server.acl.default_needs_auth();
     ctx.client.user = None;
     *ctx.client.info.user.lock() = None;
-    ctx.client.cluster = Default::default();
+    ctx.client.cluster = crate::cluster::ClientFlags { tls: ctx.client.cluster.tls, ..Default::default() };
     Reply::simple("RESET")
 }

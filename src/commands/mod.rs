@@ -377,7 +377,9 @@ pub fn run(server: &Arc<Server>, client: &mut ClientState, spec: &CommandSpec, a
     if let Some(cluster) = server.cluster.get() {
         // The router looked at key presence before these locks: a slot's mover may have taken
         // the keys since. Checked again here, where the mover cannot interleave.
-        if let Some(redirect) = crate::cluster::router::recheck(cluster, &mut db, spec, args) {
+        if let Some(redirect) =
+            crate::cluster::router::recheck(cluster, &mut db, spec, args, client.cluster.tls)
+        {
             return redirect;
         }
     }

@@ -1,5 +1,7 @@
 //! One client connection: read whatever arrived, run every complete request in it, and write
-//! all replies with one write. Limits: query buffer size, idle timeout, maxclients.
+//! all replies with one write. Limits: query buffer size, idle timeout, maxclients. Plaintext
+//! and TLS connections run the same code, generic over the stream (so the plaintext path is
+//! compiled for `TcpStream` and pays nothing for TLS).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -7,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -27,33 +29,71 @@ const WRITE_THROUGH_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, laddr: SocketAddr) {
     server.stats.connections.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
+    tokio::spawn(run(server, stream, peer, laddr, false));
+}
+
+/// Takes a new connection on the TLS port: the handshake (bounded by
+/// [`crate::tls::HANDSHAKE_TIMEOUT`]), then the same as [`accept`]. A client that fails the
+/// handshake (plaintext, no or a wrong certificate) is closed.
+pub fn accept_tls(
+    server: Arc<Server>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    laddr: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    server.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true);
     tokio::spawn(async move {
-        if server.clients.len() >= server.maxclients.load(Ordering::Relaxed) {
-            server.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            let mut stream = stream;
-            let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
-            return;
+        let handshake = tokio::select! {
+            r = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+            _ = server.shutdown.cancelled() => return,
+        };
+        match handshake {
+            Ok(Ok(stream)) => run(server, stream, peer, laddr, true).await,
+            // Redis logs these at verbose level too: scanners and misconfigured clients.
+            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => debug!(%peer, "TLS handshake timed out"),
         }
-        if crate::acl::refuses(&server, peer.ip()) {
-            let mut stream = stream;
-            let _ = stream.write_all(crate::acl::DENIED.as_bytes()).await;
-            return;
-        }
-        let info = server.clients.register(peer, laddr);
-        let id = info.id;
-        let authenticated = !server.acl.default_needs_auth();
-        let mut client = ClientState::new(info, authenticated);
-        if let Err(e) = serve(&server, stream, &mut client).await {
-            debug!(client = id, error = %e, "connection closed with an error");
-        }
-        commands::transactions::unwatch_all(&server, &mut client);
-        commands::pubsub::unsubscribe_all(&server, &mut client);
-        server.tracking.disable(id);
-        server.clients.unregister(id);
     });
 }
 
-async fn serve(server: &Arc<Server>, mut stream: TcpStream, client: &mut ClientState) -> std::io::Result<()> {
+/// Serves one connection to its end, then forgets the client.
+async fn run<S>(server: Arc<Server>, stream: S, peer: SocketAddr, laddr: SocketAddr, tls: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if server.clients.len() >= server.maxclients.load(Ordering::Relaxed) {
+        server.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        let mut stream = stream;
+        let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+        let _ = stream.flush().await;
+        return;
+    }
+    if crate::acl::refuses(&server, peer.ip()) {
+        let mut stream = stream;
+        let _ = stream.write_all(crate::acl::DENIED.as_bytes()).await;
+        let _ = stream.flush().await;
+        return;
+    }
+    let info = server.clients.register(peer, laddr);
+    let id = info.id;
+    let authenticated = !server.acl.default_needs_auth();
+    let mut client = ClientState::new(info, authenticated);
+    client.cluster.tls = tls;
+    if let Err(e) = serve(&server, stream, &mut client).await {
+        debug!(client = id, error = %e, "connection closed with an error");
+    }
+    commands::transactions::unwatch_all(&server, &mut client);
+    commands::pubsub::unsubscribe_all(&server, &mut client);
+    server.tracking.disable(id);
+    server.clients.unregister(id);
+}
+
+async fn serve<S>(server: &Arc<Server>, mut stream: S, client: &mut ClientState) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
     let mut parser = RequestParser::new();
@@ -193,7 +233,11 @@ async fn replicated(server: &Server, client: &mut ClientState, reply: Reply) -> 
     reply
 }
 
-async fn flush(server: &Server, stream: &mut TcpStream, output: &mut BytesMut) -> std::io::Result<()> {
+async fn flush<S: AsyncWrite + Unpin>(
+    server: &Server,
+    stream: &mut S,
+    output: &mut BytesMut,
+) -> std::io::Result<()> {
     if let Some(p) = server.persistence.get() {
         // Records of the commands answered here reach the disk before their replies leave.
         p.before_reply();
@@ -202,6 +246,8 @@ async fn flush(server: &Server, stream: &mut TcpStream, output: &mut BytesMut) -
         return Ok(());
     }
     stream.write_all(output).await?;
+    // TLS may still hold records the socket would not take yet (a no-op for plain TCP).
+    stream.flush().await?;
     server.stats.net_output.fetch_add(output.len() as u64, Ordering::Relaxed);
     output.clear();
     Ok(())

@@ -70,8 +70,10 @@ pub struct Server {
     pub run_id: String,
     /// Fires when the node shuts down.
     pub shutdown: CancellationToken,
-    /// Where the client port listens.
+    /// Where the client port listens (the TLS port with `tls-only`).
     pub addr: RwLock<Option<SocketAddr>>,
+    /// Where the TLS client port listens, when there is one.
+    pub tls_addr: RwLock<Option<SocketAddr>>,
     /// CLIENT TRACKING state (also a keyspace change listener).
     pub tracking: Arc<tracking::Tracking>,
     /// Pub/Sub subscriptions.
@@ -142,6 +144,7 @@ impl Server {
             run_id,
             shutdown: CancellationToken::new(),
             addr: RwLock::new(None),
+            tls_addr: RwLock::new(None),
             tracking: Arc::new(tracking::Tracking::new(limits.clone())),
             pubsub: pubsub::PubSub::new(limits),
             draining: Default::default(),
@@ -203,33 +206,60 @@ pub async fn serve(
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let (bind, port) = {
-        let c = server.config.read();
-        (c.bind.clone(), c.port)
+    let config = server.config.read().clone();
+    // Certificates are read before anything listens: a bad file stops the node at once.
+    let tls = crate::tls::load(&config).context("cannot set up TLS")?;
+    let bind = config.bind.as_str();
+    let plain = match config.tls_only {
+        true => None,
+        false => Some(
+            TcpListener::bind((bind, config.port))
+                .await
+                .with_context(|| format!("cannot listen on {bind}:{}", config.port))?,
+        ),
     };
-    let listener = TcpListener::bind((bind.as_str(), port))
-        .await
-        .with_context(|| format!("cannot listen on {bind}:{port}"))?;
-    let addr = listener.local_addr()?;
+    let secure = match (config.tls_port, tls.client) {
+        (Some(port), Some(acceptor)) => {
+            let listener = TcpListener::bind((bind, port))
+                .await
+                .with_context(|| format!("cannot listen on tls-port {bind}:{port}"))?;
+            Some((listener, acceptor))
+        }
+        _ => None,
+    };
+    let tls_addr = secure.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+    let addr = match &plain {
+        Some(l) => l.local_addr()?,
+        None => tls_addr.expect("tls-only has a TLS listener"),
+    };
     *server.addr.write() = Some(addr);
+    *server.tls_addr.write() = tls_addr;
+    if let Some(bus) = tls.bus {
+        crate::cluster::bus::set_tls(bus);
+    }
     crate::cluster::start(&server, addr).await.context("cannot start cluster mode")?;
-    info!(%addr, "cachegrid node ready to accept connections");
+    match tls_addr {
+        Some(tls_addr) => info!(%addr, %tls_addr, "cachegrid node ready to accept connections"),
+        None => info!(%addr, "cachegrid node ready to accept connections"),
+    }
     if let Some(tx) = bound {
         let _ = tx.send(addr);
     }
     tokio::spawn(background(server.clone()));
-    loop {
-        tokio::select! {
-            _ = server.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => connection::accept(server.clone(), stream, peer, addr),
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+    if let Some((listener, acceptor)) = secure {
+        let laddr = tls_addr.expect("bound above");
+        tokio::spawn(accept_loop(server.clone(), listener, move |server, stream, peer| {
+            connection::accept_tls(server, stream, peer, laddr, acceptor.clone())
+        }));
+    }
+    match plain {
+        Some(listener) => {
+            accept_loop(server.clone(), listener, move |server, stream, peer| {
+                connection::accept(server, stream, peer, addr)
+            })
+            .await
         }
+        None => server.shutdown.cancelled().await,
     }
     info!("shutting down: closing client connections");
     server.clients.kill_all();
@@ -242,6 +272,27 @@ pub async fn serve(
     }
     info!("bye");
     Ok(())
+}
+
+/// Accepts connections on `listener` until shutdown, handing each to `accept`.
+async fn accept_loop(
+    server: Arc<Server>,
+    listener: TcpListener,
+    accept: impl Fn(Arc<Server>, tokio::net::TcpStream, SocketAddr),
+) {
+    loop {
+        tokio::select! {
+            _ = server.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => accept(server.clone(), stream, peer),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
 }
 
 /// Redis's `serverCron` jobs: active expiry and memory statistics, `hz` times a second.

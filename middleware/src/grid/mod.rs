@@ -44,7 +44,8 @@ pub enum Topology {
 /// Settings of a remote grid client.
 #[derive(Debug, Clone)]
 pub struct GridConfig {
-    /// `redis://host:port` URLs: one for [`Topology::Single`], the seed nodes for a cluster.
+    /// `redis://host:port` URLs (`rediss://` for TLS): one for [`Topology::Single`], the seed
+    /// nodes for a cluster.
     pub urls: Vec<String>,
     /// Single node or cluster.
     pub topology: Topology,
@@ -60,6 +61,56 @@ pub struct GridConfig {
     /// default. With [`Topology::Cluster`], cached reads use a tracking connection per
     /// primary of their own (the cluster client cannot deliver pushes).
     pub near_cache: Option<NearCacheConfig>,
+    /// A private CA and a client certificate for `rediss://` URLs; None: the system's roots
+    /// and no client certificate.
+    pub tls: Option<GridTls>,
+}
+
+/// TLS material for a grid reached over `rediss://` (a grid with its own CA, or one that asks
+/// for client certificates: `tls-auth-clients yes`).
+#[derive(Clone, Default)]
+pub struct GridTls {
+    /// PEM CA certificates the grid's certificates are verified against; None: the system's.
+    pub ca_cert: Option<Vec<u8>>,
+    /// PEM client certificate (chain) and its private key.
+    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl GridTls {
+    /// Reads the CA and (both or neither) the client certificate and key from PEM files.
+    pub fn from_files(
+        ca_cert: Option<&std::path::Path>,
+        client_cert: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> std::io::Result<GridTls> {
+        Ok(GridTls {
+            ca_cert: ca_cert.map(std::fs::read).transpose()?,
+            client_cert: match client_cert {
+                Some((cert, key)) => Some((std::fs::read(cert)?, std::fs::read(key)?)),
+                None => None,
+            },
+        })
+    }
+
+    /// As the `redis` crate takes them.
+    pub(crate) fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self.client_cert.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: self.ca_cert.clone(),
+        }
+    }
+}
+
+/// Says what is set, never the key.
+impl std::fmt::Debug for GridTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GridTls")
+            .field("ca_cert", &self.ca_cert.as_ref().map(|_| "set"))
+            .field("client_cert", &self.client_cert.as_ref().map(|_| "set"))
+            .finish()
+    }
 }
 
 /// Size, lifetime and consistency of the near cache.
@@ -97,6 +148,7 @@ impl GridConfig {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             near_cache: None,
+            tls: None,
         }
     }
 
@@ -106,6 +158,22 @@ impl GridConfig {
         c.urls = seeds.into_iter().map(Into::into).collect();
         c.topology = Topology::Cluster;
         c
+    }
+
+    /// TLS material for `rediss://` URLs.
+    pub fn with_tls(mut self, tls: GridTls) -> GridConfig {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// A client for `info` with this config's TLS material when it is a `rediss://` address.
+    pub(crate) fn client(&self, info: redis::ConnectionInfo) -> redis::RedisResult<redis::Client> {
+        match (&self.tls, &info.addr) {
+            (Some(tls), redis::ConnectionAddr::TcpTls { .. }) => {
+                redis::Client::build_with_tls(info, tls.certificates())
+            }
+            _ => redis::Client::open(info),
+        }
     }
 
     /// Turns the near cache on.

@@ -193,12 +193,14 @@ impl RemoteGrid {
                 Ok((Conn::Single(conn), tracking))
             }
             Topology::Cluster => {
-                let client = redis::cluster::ClusterClient::builder(cfg.urls.clone())
+                let mut builder = redis::cluster::ClusterClient::builder(cfg.urls.clone())
                     .connection_timeout(cfg.connect_timeout)
                     .response_timeout(cfg.response_timeout)
-                    .retries(2)
-                    .build()
-                    .map_err(classify)?;
+                    .retries(2);
+                if let Some(tls) = &cfg.tls {
+                    builder = builder.certs(tls.certificates());
+                }
+                let client = builder.build().map_err(classify)?;
                 let conn = tokio::time::timeout(cfg.connect_timeout, client.get_async_connection())
                     .await
                     .map_err(|_| GridError::Unavailable("connect timed out".into()))?
@@ -396,7 +398,7 @@ pub(super) async fn open(
             Ok::<(), std::convert::Infallible>(())
         });
     }
-    let client = redis::Client::open(info).map_err(classify)?;
+    let client = cfg.client(info).map_err(classify)?;
     tokio::time::timeout(cfg.connect_timeout, client.get_multiplexed_async_connection_with_config(&acc))
         .await
         .map_err(|_| GridError::Unavailable("connect timed out".into()))?

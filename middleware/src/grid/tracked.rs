@@ -62,7 +62,8 @@ impl TrackedNodes {
         let mut slots = parse_slots(reply)?;
         // A node that does not know its own address ("" or "?") is reached as the seed is.
         let seed = redis::IntoConnectionInfo::into_connection_info(self.config.urls[0].as_str()).ok();
-        if let Some(ConnectionAddr::Tcp(host, _)) = seed.map(|i| i.addr) {
+        if let Some(ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. }) = seed.map(|i| i.addr)
+        {
             for (_, _, (h, _)) in &mut slots {
                 if h.is_empty() || h == "?" {
                     h.clone_from(&host);
@@ -106,7 +107,13 @@ impl TrackedNodes {
         // Credentials and options of the first seed, the address of this node.
         let mut info =
             redis::IntoConnectionInfo::into_connection_info(cfg.urls[0].as_str()).map_err(classify)?;
-        info.addr = ConnectionAddr::Tcp(host.clone(), *port);
+        info.addr = match info.addr {
+            // Over TLS when the seed is: the grid gives TLS clients its TLS ports.
+            ConnectionAddr::TcpTls { insecure, .. } => {
+                ConnectionAddr::TcpTls { host: host.clone(), port: *port, insecure, tls_params: None }
+            }
+            _ => ConnectionAddr::Tcp(host.clone(), *port),
+        };
         let pushes = self.near.clone() as Arc<dyn super::near::Invalidate>;
         let mut conn = super::remote::open(cfg, info, Some(pushes)).await?;
         let on = conn.req_packed_command(redis::cmd("CLIENT").arg("TRACKING").arg("ON")).await;
