@@ -21,6 +21,19 @@ pub enum ReplicationMode {
     Sync,
 }
 
+/// Who may run the DEBUG command (`enable-debug-command`, Redis 7's values).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DebugCommand {
+    /// Nobody.
+    #[default]
+    No,
+    /// Every client.
+    Yes,
+    /// Clients on loopback only.
+    Local,
+}
+
 /// Everything a node can be configured with.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
@@ -122,6 +135,10 @@ pub struct Config {
     /// ACL users, one per entry in Redis's ACL file syntax without the leading `user`
     /// (`"alice on >secret ~session:* +@read +@write"`); applied after `requirepass`.
     pub acl: Vec<String>,
+    /// Who may run DEBUG (`enable-debug-command`, as Redis 7): `no`, `yes`, or `local`
+    /// (loopback clients only). DEBUG injects faults (SLEEP, cluster bus partitions and delays,
+    /// failpoints) for the fault-injection tests: leave it `no` in production.
+    pub enable_debug_command: DebugCommand,
 }
 
 impl Default for Config {
@@ -166,6 +183,7 @@ impl Default for Config {
             cluster_replication_timeout: 1000,
             protected_mode: true,
             acl: Vec::new(),
+            enable_debug_command: DebugCommand::No,
         }
     }
 }
