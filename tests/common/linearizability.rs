@@ -160,12 +160,21 @@ pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
             horizon = horizon.min(complete(i));
             candidates.push(i);
         }
+        // Unknown INCRs are interchangeable: trying the earliest one available is enough (a
+        // later one could be swapped for it in any order that uses it).
+        let mut incr_tried = false;
         for (u, op) in unknown.iter().enumerate() {
             if op.invoke >= horizon {
                 break;
             }
             if is_set(&config.unknown, u) {
                 continue;
+            }
+            if matches!(op.kind, Kind::Incr(_)) {
+                if incr_tried {
+                    continue;
+                }
+                incr_tried = true;
             }
             if let Some(value) = step(config.value, op.kind, false) {
                 let mut next = config.clone();
