@@ -125,11 +125,11 @@ fn keys_are_checked_independently() {
 
 #[test]
 fn a_long_concurrent_history_is_checked_quickly() {
-    // Four clients, 4,000 operations on one key, each overlapping its neighbours, and some
+    // Four clients, 20,000 operations on one key, each overlapping its neighbours, and some
     // unknown writes: the memoised search stays near-linear.
     let mut ops = Vec::new();
     let mut value = 0i64;
-    for i in 0..4000u64 {
+    for i in 0..20_000u64 {
         let t = i * 10;
         let kind = match i % 4 {
             0 => {

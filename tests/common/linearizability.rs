@@ -77,11 +77,32 @@ fn step(value: Option<i64>, kind: Kind, known: bool) -> Option<Option<i64>> {
 }
 
 /// A configuration of the search: which operations are linearized, and the register's value.
+/// Answered operations before `lo` (in invocation order) are all linearized; `ahead` lists
+/// those linearized past it (a handful: the concurrency window), so a configuration stays
+/// small however long the history.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Config {
-    known: Vec<u64>,
+    lo: usize,
+    ahead: Vec<u32>,
     unknown: Vec<u64>,
     value: Option<i64>,
+}
+
+impl Config {
+    fn linearized(&self, i: usize) -> bool {
+        i < self.lo || self.ahead.binary_search(&(i as u32)).is_ok()
+    }
+
+    /// Marks answered operation `i` linearized.
+    fn linearize(&mut self, i: usize) {
+        if let Err(at) = self.ahead.binary_search(&(i as u32)) {
+            self.ahead.insert(at, i as u32);
+        }
+        while self.ahead.first() == Some(&(self.lo as u32)) {
+            self.ahead.remove(0);
+            self.lo += 1;
+        }
+    }
 }
 
 fn is_set(bits: &[u64], i: usize) -> bool {
@@ -123,17 +144,15 @@ pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
     unknown.sort_by_key(|o| o.invoke);
     let complete = |i: usize| known[i].complete.expect("known ops are complete");
 
-    let start = Config {
-        known: vec![0; known.len().div_ceil(64)],
-        unknown: vec![0; unknown.len().div_ceil(64)],
-        value: None,
-    };
+    let start =
+        Config { lo: 0, ahead: Vec::new(), unknown: vec![0; unknown.len().div_ceil(64)], value: None };
     let mut seen: HashSet<Config> = HashSet::new();
     // Depth-first, with an explicit stack: a history has thousands of operations.
-    let mut stack: Vec<(Config, usize)> = vec![(start, 0)];
+    let mut stack: Vec<Config> = vec![start];
     // The deepest configuration reached, for the explanation.
     let mut deepest: (usize, Option<i64>) = (0, None);
-    while let Some((config, lo)) = stack.pop() {
+    while let Some(config) = stack.pop() {
+        let lo = config.lo;
         if lo == known.len() {
             return Verdict::Linearizable;
         }
@@ -154,7 +173,7 @@ pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
             if known[i].invoke >= horizon {
                 break;
             }
-            if is_set(&config.known, i) {
+            if config.linearized(i) {
                 continue;
             }
             horizon = horizon.min(complete(i));
@@ -180,7 +199,7 @@ pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
                 let mut next = config.clone();
                 set(&mut next.unknown, u);
                 next.value = value;
-                stack.push((next, lo));
+                stack.push(next);
             }
         }
         for i in candidates {
@@ -189,13 +208,9 @@ pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
             }
             if let Some(value) = step(config.value, known[i].kind, true) {
                 let mut next = config.clone();
-                set(&mut next.known, i);
+                next.linearize(i);
                 next.value = value;
-                let mut lo = lo;
-                while lo < known.len() && is_set(&next.known, lo) {
-                    lo += 1;
-                }
-                stack.push((next, lo));
+                stack.push(next);
             }
         }
     }
