@@ -64,7 +64,7 @@ what = {"chaos-mixed": "mixed faults (cut off, SIGKILL, SIGSTOP 5-35 s, bus dela
         "chaos-primary-kills": "primary SIGKILLed, failed over, restarted"}[scenario]
 row = (f"| {scenario}: {what} | {c['faults']} faults in {minutes} min "
        f"({datetime.date.today()}) | {int(s['acked']):,} | {s['lost']} | {s['unknown']} "
-       f"({s['unknown_applied']} of the own keys among them took effect) | {s['not_linearizable']} "
+       f"({s['unknown_applied']} of the own keys among them took effect) | {s['not_linearizable']} of {s.get('registers', '?')} "
        f"| failover p50 {c['failover_p50_ms']} ms, max {c['failover_max_ms']} ms; longest write pause "
        f"{s['longest_gap_ms']} ms |")
 path = "docs/RELIABILITY.md"

@@ -300,6 +300,8 @@ pub struct Verdict {
     pub not_linearizable: std::collections::BTreeMap<String, crate::linearizability::Verdict>,
     /// Register operations checked.
     pub register_ops: usize,
+    /// Shared keys (registers) checked.
+    pub registers: usize,
     /// Longest time without an acknowledged write.
     pub longest_gap: Duration,
 }
@@ -308,13 +310,14 @@ impl Verdict {
     /// One line for the test's log and for scripts/chaos.sh.
     pub fn summary(&self, scenario: &str) -> String {
         format!(
-            "FAULTS scenario={scenario} acked={} lost={} unknown={} unknown_applied={} failed={} register_ops={} not_linearizable={} longest_gap_ms={}",
+            "FAULTS scenario={scenario} acked={} lost={} unknown={} unknown_applied={} failed={} register_ops={} registers={} not_linearizable={} longest_gap_ms={}",
             self.acked,
             self.lost.len(),
             self.unknown,
             self.unknown_applied,
             self.failed,
             self.register_ops,
+            self.registers,
             self.not_linearizable.len(),
             self.longest_gap.as_millis()
         )
@@ -375,6 +378,7 @@ pub async fn verify(seeds: &[SocketAddr], history: History) -> Verdict {
     keys.sort_unstable();
     keys.dedup();
     let keys: Vec<String> = keys.into_iter().map(str::to_owned).collect();
+    let registers = keys.len();
     for key in keys {
         let invoke = start.elapsed().as_nanos() as u64;
         let v: Option<i64> = read(&mut con, &key).await;
@@ -403,6 +407,7 @@ pub async fn verify(seeds: &[SocketAddr], history: History) -> Verdict {
         failed: history.failed,
         not_linearizable,
         register_ops,
+        registers,
         longest_gap: history.longest_gap,
     }
 }
