@@ -287,9 +287,8 @@ async fn a_rotating_majority_loses_no_acknowledged_write() {
     let all: Vec<&Member> = members.iter().collect();
     let w = Workload::start(&seeds(&members), 4, 6, "rot:").await;
     let mut longest = Duration::ZERO;
-    for round in 0..3 {
+    for (round, victim) in members.iter().enumerate() {
         run_for(Duration::from_secs(1)).await;
-        let victim = &members[round];
         let others: Vec<&Member> = all.iter().copied().filter(|m| m.bus != victim.bus).collect();
         let cut = Instant::now();
         blocking(|| isolate(victim, &others));

@@ -169,8 +169,8 @@ pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
         // next: one invoked after it cannot precede it.
         let mut horizon = u64::MAX;
         let mut candidates = Vec::new();
-        for i in lo..known.len() {
-            if known[i].invoke >= horizon {
+        for (i, op) in known.iter().enumerate().skip(lo) {
+            if op.invoke >= horizon {
                 break;
             }
             if config.linearized(i) {
