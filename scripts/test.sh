@@ -21,17 +21,27 @@ if ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then
   echo "installing prometheus (promtool) and chromium for the admin and dashboard tests" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null
 fi
+# The clock-skew fault test runs one node under libfaketime (Debian's faketime); skipped with a
+# message when missing outside CI.
+if ! command -v faketime >/dev/null; then
+  echo "installing faketime (libfaketime) for the clock-skew fault test" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
+fi
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
   echo "warning: no Postgres on 127.0.0.1:5432; the persistence tests need it (trust auth, database test)" >&2
 fi
 
+# The test build has the failpoints (tests/faults.rs crashes nodes with them); they are no-ops
+# unless armed. Release builds and the benchmarks never have them.
+FEATURES=(--features cachegrid/failpoints)
+
 # nextest runs each test in its own process; a test that fails and then passes on its one
 # retry is reported as FLAKY in the summary (and must be looked at), not hidden.
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-targets --retries 1 "$@"
+  cargo nextest run --workspace --all-targets "${FEATURES[@]}" --retries 1 "$@"
   cargo test --workspace --doc
 else
   echo "cargo-nextest not found: running cargo test (no retries)" >&2
-  cargo test --workspace --all-targets "$@"
+  cargo test --workspace --all-targets "${FEATURES[@]}" "$@"
   cargo test --workspace --doc
 fi

@@ -21,6 +21,19 @@ pub enum ReplicationMode {
     Sync,
 }
 
+/// Who may run the DEBUG command (`enable-debug-command`, Redis 7's values).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DebugCommand {
+    /// Nobody.
+    #[default]
+    No,
+    /// Every client.
+    Yes,
+    /// Clients on loopback only.
+    Local,
+}
+
 /// Everything a node can be configured with.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
@@ -146,6 +159,10 @@ pub struct Config {
     pub tls_cluster: bool,
     /// TLS versions accepted, space-separated (`tls-protocols`): `TLSv1.2`, `TLSv1.3`.
     pub tls_protocols: String,
+    /// Who may run DEBUG (`enable-debug-command`, as Redis 7): `no`, `yes`, or `local`
+    /// (loopback clients only). DEBUG injects faults (SLEEP, cluster bus partitions and delays,
+    /// failpoints) for the fault-injection tests: leave it `no` in production.
+    pub enable_debug_command: DebugCommand,
 }
 
 impl Default for Config {
@@ -198,6 +215,7 @@ impl Default for Config {
             tls_auth_clients: crate::tls::TlsAuthClients::Yes,
             tls_cluster: false,
             tls_protocols: "TLSv1.2 TLSv1.3".into(),
+            enable_debug_command: DebugCommand::No,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod faults;
 pub mod node;
 pub mod persistence;
 pub mod protocol;

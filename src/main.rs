@@ -164,6 +164,10 @@ struct NodeArgs {
     #[arg(long = "cluster-replication")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-replication")]
     cluster_replication: Option<String>,
+    /// Who may run DEBUG (fault injection): no (default), yes, or local (loopback clients).
+    #[arg(long = "enable-debug-command", value_parser = ["no", "yes", "local"])]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "enable-debug-command")]
+    enable_debug_command: Option<String>,
     /// Cluster bus port; default: client port + 10000.
     #[arg(long = "cluster-port")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-port")]
@@ -306,6 +310,8 @@ fn raise_open_files_limit(maxclients: usize) {
 }
 
 fn run_node(config: Config) -> anyhow::Result<()> {
+    // Failpoints (a `failpoints` build only): FAILPOINTS applies at start.
+    cachegrid::faults::setup().map_err(anyhow::Error::msg)?;
     let mut rt = if config.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

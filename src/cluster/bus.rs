@@ -219,7 +219,20 @@ impl BusClient {
     async fn call_raw(&self, body: &[u8], timeout: Duration) -> Result<BusResponse, BusError> {
         let mut slot = self.stream.lock().await;
         let peer = self.peer.clone();
+        // Injected faults (DEBUG BUS-DROP / BUS-DELAY): the one outbound path of the bus.
+        let hold = match crate::faults::bus().outbound(&peer) {
+            crate::faults::Outbound::Drop => {
+                *slot = None;
+                tokio::time::sleep(timeout).await;
+                return Err(BusError::Timeout(peer));
+            }
+            crate::faults::Outbound::Delay(d) => d,
+            crate::faults::Outbound::Pass => Duration::ZERO,
+        };
         let exchange = async {
+            if !hold.is_zero() {
+                tokio::time::sleep(hold).await;
+            }
             if slot.is_none() {
                 let stream = TcpStream::connect(&peer).await?;
                 stream.set_nodelay(true)?;

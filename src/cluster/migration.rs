@@ -156,6 +156,7 @@ pub async fn run(server: Arc<Server>) {
                     complain(&mut failing_since, "moving slots failed", client.peer(), &e);
                     break;
                 }
+                crate::faults::point("migration-before-switch");
                 if let Err(e) = hand_over(&server, cluster.me, target.id, chunk.to_vec()).await {
                     complain(&mut failing_since, "slot handover not committed", client.peer(), &e);
                     break;

@@ -83,6 +83,7 @@ pub static PARAMS: &[Param] = &[
     Param { name: "tls-cluster", aliases: &[], doc: "Mutual TLS on the cluster bus.", get: |s| if s.config.read().tls_cluster { "yes".into() } else { "no".into() }, access: Access::Immutable },
     Param { name: "tls-protocols", aliases: &[], doc: "TLS versions accepted.", get: |s| s.config.read().tls_protocols.clone(), access: Access::Immutable },
     Param { name: "protected-mode", aliases: &[], doc: "Refuse non-loopback clients while the default user has no password.", get: |s| if s.config.read().protected_mode { "yes".into() } else { "no".into() }, access: Access::Mutable(set_protected_mode) },
+    Param { name: "enable-debug-command", aliases: &[], doc: "Who may run DEBUG: no, yes, or local (loopback clients); fixed while running, as in Redis.", get: |s| match s.config.read().enable_debug_command { crate::config::DebugCommand::No => "no".into(), crate::config::DebugCommand::Yes => "yes".into(), crate::config::DebugCommand::Local => "local".into() }, access: Access::Immutable },
     Param { name: "dir", aliases: &[], doc: "Directory for the node's files (protected, as in Redis).", get: get_dir, access: Access::Protected },
     Param { name: "databases", aliases: &[], doc: "Number of databases: always 1.", get: |_| "1".into(), access: Access::Immutable },
     Param { name: "save", aliases: &[], doc: "Snapshot schedule: always empty (no persistence); only \"\" is accepted.", get: |_| String::new(), access: Access::Mutable(set_save) },

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod debug;
 pub mod hashes;
 pub mod keys;
 pub mod pubsub;
@@ -171,6 +172,7 @@ pub fn all_commands() -> impl Iterator<Item = &'static CommandSpec> {
         cluster::COMMANDS,
         command::COMMANDS,
         config::COMMANDS,
+        debug::COMMANDS,
         crate::acl::commands::COMMANDS,
     ]
     .into_iter()

@@ -436,6 +436,9 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
                 .entry(node)
                 .or_insert_with(|| BusClient::new(crate::cluster::consensus::bus_address(&info)));
             let entries = read_current(&server, keys.iter().map(|(_, k)| &k[..]));
+            if !entries.is_empty() {
+                crate::faults::point("replication-before-send");
+            }
             let request = DataRequest::Replicate {
                 from: r.cluster.me.0,
                 epoch: view.map.epoch,
@@ -614,6 +617,9 @@ pub fn apply(
     });
     APPLYING.with(|a| a.set(false));
     if let Ok(n) = result {
+        if n > 0 {
+            crate::faults::point("replica-applied-before-ack");
+        }
         cluster.counters.keys_replicated_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         if let Some((epoch, slots)) = cluster.synced_from(from, sync.token, sync.remaining) {
             if let Some(consensus) = server.consensus.get() {

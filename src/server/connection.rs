@@ -217,6 +217,8 @@ async fn replicated(server: &Server, client: &mut ClientState, reply: Reply) -> 
                     "TIMEOUT the write is applied on this primary but not every replica confirmed it within {} ms: its outcome is unknown",
                     r.sync_timeout.as_millis()
                 ));
+            } else {
+                crate::faults::point("replication-acked-before-reply");
             }
         }
     }

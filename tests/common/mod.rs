@@ -85,9 +85,15 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Spawns the binary with `args` after `node --port 0`, and waits until it listens.
     pub fn spawn(args: &[&str]) -> NodeProcess {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// As [`NodeProcess::spawn`], with more environment variables (FAILPOINTS, libfaketime's).
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cachegrid"))
             .args(["node", "--port", "0", "--log-format", "text"])
             .args(args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

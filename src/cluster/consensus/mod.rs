@@ -307,6 +307,21 @@ impl Consensus {
         }
     }
 
+    /// Whether this node has applied the log up to `leader_commit` (waiting a moment for it):
+    /// a lease is extended only then, so a member back from a partition does not serve, with
+    /// the map it had before it was failed over, slots that are no longer its own (writes it
+    /// acknowledged there were lost: tests/faults.rs found it).
+    async fn applied_through(&self, leader_commit: Option<u64>) -> bool {
+        if leader_commit.is_none() {
+            return true;
+        }
+        self.raft
+            .wait(Some(Duration::from_millis(100)))
+            .applied_index_at_least(leader_commit, "the lease waits for the committed map")
+            .await
+            .is_ok()
+    }
+
     /// Extends a follower's lease from an AppendEntries read at `received` — unless this
     /// process was just paused (SIGSTOP, a stalled VM): requests the kernel buffered during
     /// the pause are read first on resuming and may come from a leader that has since failed
@@ -562,8 +577,11 @@ impl Consensus {
         match request {
             BusRequest::AppendEntries(rpc) => {
                 let received = std::time::Instant::now();
+                let leader_commit = rpc.leader_commit.map(|l| l.index);
                 let r = self.raft.append_entries(rpc).await;
-                if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success)) {
+                if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success))
+                    && self.applied_through(leader_commit).await
+                {
                     self.lease_from_contact(received);
                 }
                 BusResponse::AppendEntries(r)
