@@ -389,6 +389,9 @@ pub fn not_ready(server: &Server) -> Option<String> {
     let Some(me) = view.me else {
         return Some("not a member of the grid".into());
     };
+    if cluster.is_amnesiac() {
+        return Some("restarted without its keys: waiting to be placed again".into());
+    }
     if cluster.fenced() {
         return Some("cut off from the grid's majority".into());
     }

@@ -50,6 +50,9 @@ pub enum BusRequest {
     /// Your figures, please (keys, memory, lag, queues: the admin port's `/cluster` on the
     /// node asked shows every member's).
     Status,
+    /// A member restarted without its keys (forwarded to the leader: see
+    /// `GridCommand::Restarted`).
+    Restarted(NodeInfo),
     /// A replica holds these slots in full (forwarded to the leader, which commits it: see
     /// `GridCommand::CaughtUp`).
     CaughtUp {

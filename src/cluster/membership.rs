@@ -47,6 +47,10 @@ pub enum GridCommand {
         /// Slots handed over.
         slots: Vec<u16>,
     },
+    /// A member restarted without its data (keys live in memory): its slots fail over to
+    /// their replicas as if it had died, and it is placed again as a newcomer, whose replicas
+    /// sync and whose primaries migrate to it. A member alone keeps its slots.
+    Restarted(NodeInfo),
     /// `node` holds a full copy of `slots` it replicates (its full sync from their primary,
     /// asked for under the map of `epoch`, is complete): the replicas it replaces may go.
     CaughtUp {
@@ -156,6 +160,10 @@ impl GridState {
                 // Placing again restores the replicas the migration left out (the old primary
                 // usually stays a replica); placement is stable, so nothing else moves.
                 self.replace(layout)
+            }
+            GridCommand::Restarted(info) => {
+                let forgotten = self.apply(&GridCommand::Forget(info.id));
+                return self.apply(&GridCommand::Join(info.clone())) || forgotten;
             }
             GridCommand::CaughtUp { node, epoch, slots } => {
                 let layout = self.layout();
@@ -433,6 +441,38 @@ mod tests {
         let now = g.map.node(g.map.slots[slot as usize].primary.unwrap()).id;
         assert_eq!(now, old, "the caught-up replica, not the newcomer, takes slot {slot} over");
         g.map.validate().unwrap();
+    }
+
+    #[test]
+    fn a_restarted_member_gives_its_slots_to_their_replicas_and_is_placed_again() {
+        let mut g = GridState::new(node(1, "a"), 1);
+        g.apply(&GridCommand::Join(node(2, "b")));
+        g.apply(&GridCommand::Join(node(3, "c")));
+        settle(&mut g);
+        let restarted = NodeId([2; 20]);
+        let before = g.map.assignment();
+        assert!(g.apply(&GridCommand::Restarted(node(2, "b"))));
+        for (slot, a) in before.iter().enumerate() {
+            let now = &g.map.slots[slot];
+            let primary = g.map.node(now.primary.unwrap()).id;
+            if a.primary == Some(restarted) {
+                // Its keys are gone: the replica that holds them serves the slot.
+                assert_eq!(Some(primary), a.replicas.first().copied(), "slot {slot}");
+            }
+            if ids(&g, &now.replicas).contains(&restarted) {
+                assert!(g.syncing[&(slot as u16)].contains_key(&restarted), "an empty replica syncs");
+            }
+        }
+        settle(&mut g);
+        assert_eq!(primaries_of(&g, restarted), SLOT_COUNT / 3, "placed again with its share");
+    }
+
+    #[test]
+    fn a_member_alone_keeps_its_slots_when_it_restarts() {
+        let mut g = GridState::new(node(1, "a"), 1);
+        let before = g.clone();
+        assert!(!g.apply(&GridCommand::Restarted(node(1, "a"))));
+        assert_eq!(g, before);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()>
     } else {
         Arc::new(Cluster::joining(me, &config, addr))
     };
+    // A restarted member lost its keys with its memory: it serves none until placed again.
+    cluster.set_amnesiac(!fresh);
     let _ = server.cluster.set(cluster.clone());
     let cluster_for_replication = cluster.clone();
     let timeout = std::time::Duration::from_millis(config.cluster_node_timeout);

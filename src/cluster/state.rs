@@ -35,6 +35,8 @@ pub struct Cluster {
     syncing_from: parking_lot::Mutex<std::collections::HashMap<NodeId, SyncWanted>>,
     /// Numbers the full syncs asked for.
     sync_tokens: std::sync::atomic::AtomicU64,
+    /// Whether this process restarted as a member and has not been placed again yet.
+    amnesiac: std::sync::atomic::AtomicBool,
     /// Whether the grid was asked to let this node leave (a graceful `Leave` of it applied,
     /// and no `Join` of it since): such a node does not ask to be let back in.
     left: std::sync::atomic::AtomicBool,
@@ -169,6 +171,7 @@ impl Cluster {
             unready_changed: tokio::sync::Notify::new(),
             counters: GridCounters::default(),
             left: Default::default(),
+            amnesiac: Default::default(),
             syncing_from: Default::default(),
             sync_tokens: Default::default(),
         }
@@ -251,8 +254,21 @@ impl Cluster {
     /// fenced before it answers anything.
     pub fn fenced(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        self.lease.guarded.load(Relaxed)
-            && self.lease.base.elapsed().as_nanos() as u64 > self.lease.until_ns.load(Relaxed)
+        self.amnesiac.load(Relaxed)
+            || self.lease.guarded.load(Relaxed)
+                && self.lease.base.elapsed().as_nanos() as u64 > self.lease.until_ns.load(Relaxed)
+    }
+
+    /// Notes that this process restarted as a member (true), so its map still gives it slots
+    /// whose keys it lost with its memory; it serves no keys until the grid has placed it
+    /// again (false). See `GridCommand::Restarted`.
+    pub fn set_amnesiac(&self, amnesiac: bool) {
+        self.amnesiac.store(amnesiac, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this node restarted and the grid has not placed it again yet.
+    pub fn is_amnesiac(&self) -> bool {
+        self.amnesiac.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Extends the lease to `until` (never shortens it).

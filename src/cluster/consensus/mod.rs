@@ -157,6 +157,10 @@ impl Consensus {
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         let initialized = self.raft.is_initialized().await.unwrap_or(false);
+        // Raft state on disk means a restart: the keys this member held are gone with the
+        // process, so it must not serve the slots its map still gives it.
+        let mut restart_pending = initialized || self.cluster.is_amnesiac();
+        self.cluster.set_amnesiac(restart_pending);
         if !initialized && seeds.is_empty() {
             let nodes = BTreeMap::from([(self.me.id, BasicNode::new(bus_address(&self.me)))]);
             if let Err(e) = self.raft.initialize(nodes).await {
@@ -164,6 +168,24 @@ impl Consensus {
             }
         }
         let mut backoff = Duration::from_millis(100);
+        while restart_pending {
+            match self.restarted(self.me.clone()).await {
+                Ok(epoch) => {
+                    self.wait_for_epoch(epoch).await;
+                    tracing::info!(epoch, "restarted without data: placed again, serving");
+                    self.cluster.set_amnesiac(false);
+                    restart_pending = false;
+                }
+                Err(e) => tracing::debug!(error = %e, "restart not announced yet; retrying"),
+            }
+            if restart_pending {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
         loop {
             match self.settle(seeds).await {
                 Ok(None) => return,
@@ -276,6 +298,28 @@ impl Consensus {
         let command = GridCommand::SlotsMoved { from, to, slots };
         let r = self.raft.client_write(command).await.map_err(|e| e.to_string())?;
         Ok(r.data.epoch)
+    }
+
+    /// Commits that the member `info` restarted without its keys (forwarded to the leader);
+    /// a node the grid no longer counts as a member joins instead.
+    pub async fn restarted(&self, info: NodeInfo) -> Result<u64, String> {
+        if self.known_leader().await != Some(self.me.id) {
+            return self.forward(BusRequest::Restarted(info)).await;
+        }
+        if !self.grid().is_some_and(|g| g.members.contains_key(&info.id)) {
+            return self.join(info).await;
+        }
+        let _turn = self.changes.lock().await;
+        let r = self.raft.client_write(GridCommand::Restarted(info)).await;
+        Ok(r.map_err(|e| e.to_string())?.data.epoch)
+    }
+
+    /// Waits (up to 30 s) until this node has installed a map of at least `epoch`.
+    async fn wait_for_epoch(&self, epoch: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.cluster.view().map.epoch < epoch && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Commits that `node` holds `slots` in full (forwarded to the leader).
@@ -599,6 +643,7 @@ impl Consensus {
             BusRequest::SlotsMoved { from, to, slots } => {
                 BusResponse::Membership(self.slots_moved(from, to, slots).await)
             }
+            BusRequest::Restarted(info) => BusResponse::Membership(self.restarted(info).await),
             BusRequest::CaughtUp { node, epoch, slots } => {
                 BusResponse::Membership(self.caught_up(node, epoch, slots).await)
             }
