@@ -179,3 +179,46 @@ fn a_full_queue_refuses_writes_and_loses_none_it_accepted() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Issue 3, follow-up: the queue bound is checked again at EXEC. A transaction queued while
+/// the queue had room and EXECed once it is full is discarded as a whole, with the reason
+/// (as Redis does for `-OOM` at EXEC: `-EXECABORT Transaction discarded because of: ...`);
+/// none of its writes happen, and the connection is out of MULTI afterwards.
+#[test]
+fn exec_refuses_a_transaction_once_the_queue_filled_after_it_was_queued() {
+    let pg = ThrowawayPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ks = keyspace("sessions");
+    ks.queue_max_bytes = 16 * 1024;
+    let (url, path) = (pg.url(), dir.path().to_path_buf());
+    let node = TestNode::with_config(move |c: &mut Config| {
+        c.postgres_url = Some(url);
+        c.keyspace = vec![ks];
+        c.dir = path;
+    });
+    pg.kill();
+    let mut tx = node.raw();
+    assert_eq!(tx.cmd_str(&["MULTI"]), "+OK\r\n");
+    assert_eq!(tx.cmd_str(&["SET", "s:in-tx", "1"]), "+QUEUED\r\n", "the queue has room at queue time");
+    assert_eq!(tx.cmd_str(&["SET", "plain", "1"]), "+QUEUED\r\n");
+    let mut other = node.raw();
+    let mut i = 0;
+    loop {
+        let reply = other.cmd_str(&["SET", &format!("s:{i}"), &"x".repeat(200)]);
+        if reply.starts_with("-TRYAGAIN") {
+            break;
+        }
+        assert_eq!(reply, "+OK\r\n");
+        i += 1;
+        assert!(i < 10_000, "the queue never filled");
+    }
+    let reply = tx.cmd_str(&["EXEC"]);
+    assert!(
+        reply.starts_with("-EXECABORT Transaction discarded because of: TRYAGAIN write-behind queue full"),
+        "{reply}"
+    );
+    assert_eq!(tx.cmd_str(&["GET", "s:in-tx"]), "$-1\r\n", "no write of the transaction happened");
+    assert_eq!(tx.cmd_str(&["GET", "plain"]), "$-1\r\n");
+    assert_eq!(tx.cmd_str(&["EXEC"]), "-ERR EXEC without MULTI\r\n", "the transaction is gone");
+    pg.restart();
+}

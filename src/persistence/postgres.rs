@@ -103,7 +103,7 @@ pub async fn write_batch(client: &mut Client, table: &str, batch: &[Record]) -> 
         match &r.op {
             Op::Put { kind, value, expires_at_ms } => {
                 pk.push(key);
-                pv.push(value.as_slice());
+                pv.push(value.as_ref());
                 pt.push(kind.name());
                 pe.push(expires_at_ms.map(|e| e as i64));
                 pver.push(r.version as i64);
@@ -141,7 +141,7 @@ pub async fn write_batch(client: &mut Client, table: &str, batch: &[Record]) -> 
 pub async fn dead_letter(client: &Client, table: &str, r: &Record, error: &str) -> Result<(), PgError> {
     let (op, value, kind, exp) = match &r.op {
         Op::Put { kind, value, expires_at_ms } => {
-            ("put", Some(value.as_slice()), Some(kind.name()), expires_at_ms.map(|e| e as i64))
+            ("put", Some(value.as_ref()), Some(kind.name()), expires_at_ms.map(|e| e as i64))
         }
         Op::Delete => ("delete", None, None, None),
     };
@@ -150,7 +150,7 @@ pub async fn dead_letter(client: &Client, table: &str, r: &Record, error: &str) 
          VALUES ($1, $2, $3, $4, CASE WHEN $5::int8 IS NULL THEN NULL ELSE to_timestamp($5::int8 / 1000.0) END, $6, $7)",
         dead_letter_table(table)
     );
-    client.execute(&sql, &[&r.key, &op, &value, &kind, &exp, &(r.version as i64), &error]).await?;
+    client.execute(&sql, &[&r.key.as_ref(), &op, &value, &kind, &exp, &(r.version as i64), &error]).await?;
     Ok(())
 }
 

@@ -196,7 +196,7 @@ async fn replicated(server: &Server, client: &mut ClientState, reply: Reply) -> 
 async fn flush(server: &Server, stream: &mut TcpStream, output: &mut BytesMut) -> std::io::Result<()> {
     if let Some(p) = server.persistence.get() {
         // Records of the commands answered here reach the disk before their replies leave.
-        p.before_reply();
+        p.before_reply().await;
     }
     if output.is_empty() {
         return Ok(());
