@@ -334,7 +334,7 @@ impl Persistence {
                 let st = &w.stats;
                 let _ = write!(
                     f,
-                    ",pending_keys={keys},queue_bytes={},queue_segments={},oldest_pending_ms={},batches={},rows_written={},rows_coalesced={},failures={},dead_letters={},disk_errors={}",
+                    ",pending_keys={keys},queue_bytes={},queue_segments={},oldest_pending_ms={},batches={},rows_written={},rows_coalesced={},failures={},dead_letters={},disk_errors={},compactions={},compaction_reclaimed_bytes={}",
                     w.queue.bytes(),
                     w.queue.segments(),
                     oldest.as_millis(),
@@ -344,6 +344,8 @@ impl Persistence {
                     st.failures.load(Ordering::Relaxed),
                     st.dead_letters.load(Ordering::Relaxed),
                     w.queue.disk_errors.load(Ordering::Relaxed),
+                    w.queue.compaction.runs.load(Ordering::Relaxed),
+                    w.queue.compaction.bytes_reclaimed.load(Ordering::Relaxed),
                 );
             }
             if let Some(l) = &s.loader {
