@@ -11,6 +11,7 @@
 //! `postgres-url` or no key space, none of this exists and the node is a plain cache.
 
 pub mod config;
+pub mod deadletters;
 pub mod health;
 pub mod loader;
 mod metrics;
@@ -334,7 +335,7 @@ impl Persistence {
                 let st = &w.stats;
                 let _ = write!(
                     f,
-                    ",pending_keys={keys},queue_bytes={},queue_segments={},oldest_pending_ms={},batches={},rows_written={},rows_coalesced={},failures={},dead_letters={},disk_errors={},compactions={},compaction_reclaimed_bytes={}",
+                    ",pending_keys={keys},queue_bytes={},queue_segments={},oldest_pending_ms={},batches={},rows_written={},rows_coalesced={},failures={},dead_letters={},dead_letters_replayed={},disk_errors={},compactions={},compaction_reclaimed_bytes={}",
                     w.queue.bytes(),
                     w.queue.segments(),
                     oldest.as_millis(),
@@ -343,6 +344,7 @@ impl Persistence {
                     st.rows_coalesced.load(Ordering::Relaxed),
                     st.failures.load(Ordering::Relaxed),
                     st.dead_letters.load(Ordering::Relaxed),
+                    st.dead_letters_replayed.load(Ordering::Relaxed),
                     w.queue.disk_errors.load(Ordering::Relaxed),
                     w.queue.compaction.runs.load(Ordering::Relaxed),
                     w.queue.compaction.bytes_reclaimed.load(Ordering::Relaxed),

@@ -96,6 +96,19 @@ fn key_text(r: &Record) -> Result<&str, PgError> {
 /// Writes `batch` (at most one record per key) in one transaction: one multi-row upsert and
 /// one multi-row delete, each applied only where the row's version is older.
 pub async fn write_batch(client: &mut Client, table: &str, batch: &[Record]) -> Result<(), PgError> {
+    let tx = client.transaction().await?;
+    apply(&tx, table, batch).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The statements of [`write_batch`] inside `tx`; how many rows they changed (a record older
+/// than its row changes none).
+pub async fn apply(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    batch: &[Record],
+) -> Result<u64, PgError> {
     let (mut pk, mut pv, mut pt, mut pe, mut pver) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut dk, mut dver) = (vec![], vec![]);
     for r in batch {
@@ -114,7 +127,7 @@ pub async fn write_batch(client: &mut Client, table: &str, batch: &[Record]) -> 
             }
         }
     }
-    let tx = client.transaction().await?;
+    let mut changed = 0;
     if !pk.is_empty() {
         let sql = format!(
             "INSERT INTO {table} AS t (key, value, type, expires_at, version, updated_at)
@@ -124,17 +137,16 @@ pub async fn write_batch(client: &mut Client, table: &str, batch: &[Record]) -> 
                 expires_at = EXCLUDED.expires_at, version = EXCLUDED.version, updated_at = now()
              WHERE t.version < EXCLUDED.version"
         );
-        tx.execute(&sql, &[&pk, &pv, &pt, &pe, &pver]).await?;
+        changed += tx.execute(&sql, &[&pk, &pv, &pt, &pe, &pver]).await?;
     }
     if !dk.is_empty() {
         let sql = format!(
             "DELETE FROM {table} AS t USING unnest($1::text[], $2::int8[]) AS d(k, ver)
              WHERE t.key = d.k AND t.version < d.ver"
         );
-        tx.execute(&sql, &[&dk, &dver]).await?;
+        changed += tx.execute(&sql, &[&dk, &dver]).await?;
     }
-    tx.commit().await?;
-    Ok(())
+    Ok(changed)
 }
 
 /// Records a write Postgres refused, with the reason, for an operator to see and replay.

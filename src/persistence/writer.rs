@@ -32,6 +32,8 @@ pub struct WriterStats {
     pub failures: AtomicU64,
     /// Records moved to the dead-letter table.
     pub dead_letters: AtomicU64,
+    /// Dead letters replayed by an operator (written or found superseded).
+    pub dead_letters_replayed: AtomicU64,
 }
 
 struct Pend {
