@@ -24,12 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
 use super::config::FsyncPolicy;
-use super::record::{frame, unframe, Op, Record};
+use super::record::{frame, unframe, Op, Record, SharedBytes};
 
 /// Largest segment: a segment is sealed and a new one started beyond this size (or beyond an
 /// eighth of the queue's bound, so compaction has segments to work on under a small bound).
@@ -100,6 +99,7 @@ pub struct DurableQueue {
     dir: PathBuf,
     fsync: FsyncPolicy,
     segment_bytes: u64,
+    max_bytes: u64,
     pending: Mutex<Pending>,
     /// Records pushed so far (under `pending`'s lock).
     pushed: AtomicU64,
@@ -197,6 +197,7 @@ impl DurableQueue {
             dir: dir.to_path_buf(),
             fsync,
             segment_bytes: (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
+            max_bytes,
             pending: Mutex::new(Pending::default()),
             pushed: AtomicU64::new(0),
             files: Mutex::new(files),
@@ -229,7 +230,7 @@ impl DurableQueue {
     pub fn push(&self, versions: &AtomicU64, key: &[u8], slot: u16, op: Op) -> u64 {
         let mut p = self.pending.lock();
         let version = next_version(versions, crate::store::clock::now_us());
-        let record = Record { version, key: Bytes::copy_from_slice(key), slot, op };
+        let record = Record { version, key: SharedBytes::from(key), slot, op };
         let before = p.bytes.len();
         frame(&record, &mut p.bytes);
         self.bytes.fetch_add((p.bytes.len() - before) as u64, Ordering::Relaxed);
@@ -327,7 +328,10 @@ impl DurableQueue {
     /// Asks the disk thread to compact when the sealed segments are worth it.
     fn maybe_compact(&self, files: &mut Files) {
         let sealed: u64 = files.sealed.iter().map(|s| s.len).sum();
-        if files.sealed.len() >= 2 && sealed >= (3 * self.segment_bytes).max(2 * files.compacted_len) {
+        // Not while Postgres keeps up (a few sealed segments are normal then): only once the
+        // queue holds a quarter of its bound.
+        let worth = (3 * self.segment_bytes).max(2 * files.compacted_len).max(self.max_bytes / 4);
+        if files.sealed.len() >= 2 && sealed >= worth {
             self.request(|j| j.compact = true);
         }
     }
@@ -418,7 +422,8 @@ impl DurableQueue {
         }
         let in_bytes: u64 = inputs.iter().map(|i| i.2).sum();
         tracing::info!(keyspace_dir = %self.dir.display(), segments = inputs.len(), bytes = in_bytes, "compacting the write-behind queue");
-        let mut newest: HashMap<Bytes, (u64, Vec<u8>), foldhash::fast::RandomState> = HashMap::default();
+        let mut newest: HashMap<SharedBytes, (u64, Vec<u8>), foldhash::fast::RandomState> =
+            HashMap::default();
         let mut records = 0u64;
         for (_, path, len) in &inputs {
             let buf = std::fs::read(path)?;
@@ -549,7 +554,7 @@ mod tests {
     use crate::persistence::record::Kind;
 
     fn put(v: &str) -> Op {
-        Op::Put { kind: Kind::Str, value: bytes::Bytes::copy_from_slice(v.as_bytes()), expires_at_ms: None }
+        Op::Put { kind: Kind::Str, value: SharedBytes::from(v.as_bytes()), expires_at_ms: None }
     }
 
     const BASE: u64 = 1 << 60;
@@ -628,17 +633,22 @@ mod compaction_tests {
     const BASE: u64 = 1 << 60;
 
     fn put(v: String) -> Op {
-        Op::Put { kind: Kind::Str, value: Bytes::from(v), expires_at_ms: None }
+        Op::Put { kind: Kind::Str, value: SharedBytes::from(v.as_bytes()), expires_at_ms: None }
     }
 
     /// Writes `rounds` records to each of `keys` keys; returns each key's last value.
-    fn fill(q: &DurableQueue, versions: &AtomicU64, keys: usize, rounds: usize) -> HashMap<Bytes, Bytes> {
+    fn fill(
+        q: &DurableQueue,
+        versions: &AtomicU64,
+        keys: usize,
+        rounds: usize,
+    ) -> HashMap<SharedBytes, SharedBytes> {
         let mut last = HashMap::new();
         for r in 0..rounds {
             for k in 0..keys {
                 let (key, value) = (format!("k{k}"), format!("value-{r}-{}", "x".repeat(20)));
                 q.push(versions, key.as_bytes(), 0, put(value.clone()));
-                last.insert(Bytes::from(key), Bytes::from(value));
+                last.insert(SharedBytes::from(key.as_bytes()), SharedBytes::from(value.as_bytes()));
             }
             q.write_pending();
         }
@@ -646,7 +656,7 @@ mod compaction_tests {
     }
 
     /// The last record of each key as a replay leaves it (later records win).
-    fn replayed_state(records: Vec<Record>) -> HashMap<Bytes, Bytes> {
+    fn replayed_state(records: Vec<Record>) -> HashMap<SharedBytes, SharedBytes> {
         let mut state = HashMap::new();
         for r in records {
             if let Op::Put { value, .. } = r.op {

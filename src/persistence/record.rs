@@ -5,9 +5,12 @@
 //! hash's own order: binary-safe (fields and values may hold any byte, unlike `jsonb`/`hstore`
 //! text), and decodable by any client in a few lines.
 
-use bytes::Bytes;
-
 use crate::store::value::HashLimits;
+
+/// SharedBytes immutable bytes: keys and values of queued records, cloned into the coalescing
+/// map and batches by a reference count (no allocation, unlike a `bytes::Bytes` made from a
+/// `Vec`, which allocates on its first clone).
+pub type SharedBytes = std::sync::Arc<[u8]>;
 use crate::store::{HashValue, Value};
 
 /// Redis type of a stored value, as the `type` column says it.
@@ -47,7 +50,7 @@ pub enum Op {
         /// Redis type.
         kind: Kind,
         /// Encoded value (see the module comment); cheap to clone into the writer's batches.
-        value: Bytes,
+        value: SharedBytes,
         /// Absolute expiry in unix milliseconds.
         expires_at_ms: Option<u64>,
     },
@@ -61,7 +64,7 @@ pub struct Record {
     /// Node-wide monotonically increasing; the row's `version`, so a stale write never wins.
     pub version: u64,
     /// The key (UTF-8: the table's key is `text`); shared by the coalescing map's copies.
-    pub key: Bytes,
+    pub key: SharedBytes,
     /// Hash slot of the key.
     pub slot: u16,
     /// Put or delete.
@@ -149,9 +152,9 @@ fn encode_payload(r: &Record, out: &mut Vec<u8>) {
 }
 
 /// [`encode_value`] for a queue record.
-pub fn encode_value_shared(value: &Value) -> (Kind, Bytes) {
+pub fn encode_value_shared(value: &Value) -> (Kind, SharedBytes) {
     match value {
-        Value::Str(s) => (Kind::Str, Bytes::copy_from_slice(s)),
+        Value::Str(s) => (Kind::Str, SharedBytes::from(&s[..])),
         Value::Hash(_) => {
             let (kind, bytes) = encode_value(value);
             (kind, bytes.into())
@@ -248,9 +251,9 @@ mod tests {
     fn frames_detect_torn_and_corrupt_tails() {
         let r = Record {
             version: 7,
-            key: Bytes::from_static(b"session:1"),
+            key: SharedBytes::from(&b"session:1"[..]),
             slot: 3,
-            op: Op::Put { kind: Kind::Str, value: Bytes::from_static(b"v"), expires_at_ms: Some(9) },
+            op: Op::Put { kind: Kind::Str, value: SharedBytes::from(&b"v"[..]), expires_at_ms: Some(9) },
         };
         let mut buf = Vec::new();
         frame(&r, &mut buf);

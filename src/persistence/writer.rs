@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_postgres::Client;
@@ -16,7 +15,7 @@ use tokio_postgres::Client;
 use super::config::{KeyspaceConfig, WriteMode};
 use super::postgres::{self, PgError};
 use super::queue::DurableQueue;
-use super::record::{Op, Record};
+use super::record::{Op, Record, SharedBytes};
 use super::Shared;
 
 /// Counters INFO reports for one key space.
@@ -47,13 +46,13 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Coalescer {
-    map: FastMap<Bytes, Pend>,
+    map: FastMap<SharedBytes, Pend>,
     /// Keys in the order they became pending, with the time they are due.
-    order: VecDeque<(Instant, Bytes)>,
+    order: VecDeque<(Instant, SharedBytes)>,
     /// Keys with a batch in flight: their next record waits, so one key's writes never race.
     /// Keys with a batch in flight, and what that batch writes (read-through must not load
     /// the older row meanwhile).
-    inflight: FastMap<Bytes, Op>,
+    inflight: FastMap<SharedBytes, Op>,
     /// Every ingested record in version order, with whether it is done (committed or
     /// superseded); entry `i` has sequence number `ring_base + i`. Done entries are popped
     /// from the front, so the front is the oldest record not yet committed.
@@ -130,7 +129,7 @@ pub struct Writer {
 }
 
 /// A delivered batch: (sequence number, key) of each record.
-struct Done(Vec<(u64, Bytes)>);
+struct Done(Vec<(u64, SharedBytes)>);
 
 impl Writer {
     /// A writer for `cfg` fed by `queue`.
@@ -226,7 +225,7 @@ impl Writer {
         batch
     }
 
-    fn finish(&self, batch: &[(u64, Bytes)]) {
+    fn finish(&self, batch: &[(u64, SharedBytes)]) {
         let w = {
             let mut s = self.state.lock();
             for (seq, key) in batch {
@@ -433,8 +432,9 @@ mod tests {
     use crate::persistence::record::Kind;
 
     fn rec(version: u64, key: &str) -> Record {
-        let op = Op::Put { kind: Kind::Str, value: version.to_string().into(), expires_at_ms: None };
-        Record { version, key: Bytes::copy_from_slice(key.as_bytes()), slot: 0, op }
+        let op =
+            Op::Put { kind: Kind::Str, value: version.to_string().into_bytes().into(), expires_at_ms: None };
+        Record { version, key: SharedBytes::from(key.as_bytes()), slot: 0, op }
     }
 
     #[test]
@@ -453,13 +453,13 @@ mod tests {
         // A newer write of `a` waits while `a` is in flight.
         w.ingest(vec![rec(4, "a")]);
         assert!(w.take_due(now, 10).is_empty());
-        w.finish(&[(a3, Bytes::from_static(b"a"))]);
+        w.finish(&[(a3, SharedBytes::from(&b"a"[..]))]);
         assert_eq!(*w.committed.borrow(), 1, "version 2 is still in flight");
-        w.finish(&[(b2, Bytes::from_static(b"b"))]);
+        w.finish(&[(b2, SharedBytes::from(&b"b"[..]))]);
         assert_eq!(*w.committed.borrow(), 3);
         let next = w.take_due(now, 10);
         assert_eq!(next.iter().map(|(_, r)| r.version).collect::<Vec<_>>(), vec![4]);
-        w.finish(&[(next[0].0, Bytes::from_static(b"a"))]);
+        w.finish(&[(next[0].0, SharedBytes::from(&b"a"[..]))]);
         assert_eq!(*w.committed.borrow(), 4);
     }
 }
