@@ -39,6 +39,44 @@ enum Command {
     /// Follow the slots moving after a join or a leave with a progress bar, until the grid has
     /// settled. Moves start by themselves when membership changes: this starts nothing.
     Rebalance(RebalanceArgs),
+    /// List or replay the dead letters of a Postgres-backed key space: writes Postgres refused
+    /// for their content (a constraint, a value too large), kept in `<table>_dead_letters`.
+    Deadletters(DeadLettersArgs),
+}
+
+/// `cachegrid deadletters list|replay`.
+#[derive(Args)]
+struct DeadLettersArgs {
+    #[command(subcommand)]
+    action: DeadLettersAction,
+}
+
+#[derive(Subcommand)]
+enum DeadLettersAction {
+    /// Show the oldest dead letters: id, key, operation, size, version, when and why it failed.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Key space name (as in `[[keyspace]] name`).
+        keyspace: String,
+        /// Most dead letters shown (at most 10000).
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+    },
+    /// Write dead letters to Postgres again, once their cause is fixed. Each is written with
+    /// its original version, so it never overwrites a newer row; it is removed once written,
+    /// and one refused again stays with the new error (exit status 1).
+    Replay {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Key space name (as in `[[keyspace]] name`).
+        keyspace: String,
+        /// Ids of the dead letters to replay (from `cachegrid deadletters list`).
+        ids: Vec<i64>,
+        /// Replay every dead letter of the key space (the oldest 10000 per run).
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
 }
 
 /// Flags of `cachegrid rebalance`.
@@ -258,6 +296,21 @@ fn main() -> anyhow::Result<()> {
             print!("{}", cachegrid::admin::cli::rebalance(&addr, limit).await?);
             Ok(())
         }),
+        Command::Deadletters(DeadLettersArgs { action }) => match action {
+            DeadLettersAction::List { admin, keyspace, count } => admin_command(admin, |addr| async move {
+                print!("{}", cachegrid::admin::cli::dead_letters(&addr, &keyspace, count).await?);
+                Ok(())
+            }),
+            DeadLettersAction::Replay { admin, keyspace, ids, all } => {
+                admin_command(admin, |addr| async move {
+                    print!(
+                        "{}",
+                        cachegrid::admin::cli::replay_dead_letters(&addr, &keyspace, &ids, all).await?
+                    );
+                    Ok(())
+                })
+            }
+        },
         Command::Health(args) => admin_command(args, |addr| async move {
             cachegrid::admin::cli::health(&addr).await?;
             println!("ok");

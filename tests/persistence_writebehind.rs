@@ -301,3 +301,95 @@ fn write_behind_figures_reach_the_metrics_endpoint() {
     assert!(text.contains("cachegrid_writebehind_pending_keys{keyspace=\"ks\"} 0"), "{text}");
     exec(MACHINE_URL, &format!("DROP TABLE IF EXISTS {table}, {table}_dead_letters"));
 }
+
+/// Runs `cachegrid ARGS`; (success, stdout + stderr).
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cachegrid")).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The id of the dead letter of `key` in `cachegrid deadletters list` output.
+fn dead_letter_id(listing: &str, key: &str) -> String {
+    listing
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(key))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no dead letter for {key} in\n{listing}"))
+        .to_string()
+}
+
+/// Issue 3, follow-up: an operator lists and replays dead letters without SQL. A replay that
+/// Postgres refuses again leaves the dead letter with the new error; once the cause is fixed
+/// a replay writes the record and removes it, and a dead letter older than the key's row
+/// (written meanwhile) never overwrites it.
+#[test]
+fn dead_letters_are_listed_and_replayed_with_the_cli() {
+    let table = unique_table("replay");
+    exec(
+        MACHINE_URL,
+        &format!(
+            "CREATE TABLE {table} (key text PRIMARY KEY, value bytea CONSTRAINT no_poison CHECK (value <> 'poison'::bytea), \
+             type text NOT NULL, expires_at timestamptz, version bigint NOT NULL, \
+             updated_at timestamptz NOT NULL DEFAULT now())"
+        ),
+    );
+    let admin_port = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let ks = KeyspaceConfig {
+        name: "ks".into(),
+        pattern: "d:*".into(),
+        table: table.clone(),
+        write_delay_ms: 50,
+        ..KeyspaceConfig::default()
+    };
+    let path = dir.path().to_path_buf();
+    let node = TestNode::with_config(move |c: &mut Config| {
+        c.postgres_url = Some(MACHINE_URL.into());
+        c.keyspace = vec![ks];
+        c.dir = path;
+        c.admin_port = Some(admin_port);
+    });
+    let admin = format!("127.0.0.1:{admin_port}");
+    let mut raw = node.raw();
+    for (k, v) in [("d:old", "poison"), ("d:stale", "poison"), ("d:fine", "good")] {
+        assert_eq!(raw.cmd_str(&["SET", k, v]), "+OK\r\n");
+    }
+    flush(&node);
+    let dl = format!("{table}_dead_letters");
+    assert_eq!(count(MACHINE_URL, &dl), 2);
+
+    let (ok, listing) = cli(&["deadletters", "list", "--admin", &admin, "ks"]);
+    assert!(ok, "{listing}");
+    assert!(listing.contains("no_poison"), "the error is shown: {listing}");
+    let (old, stale) = (dead_letter_id(&listing, "d:old"), dead_letter_id(&listing, "d:stale"));
+
+    // The cause is still there: refused again, kept, with the new error.
+    exec(MACHINE_URL, &format!("UPDATE {dl} SET error = 'an old error'"));
+    let (ok, out) = cli(&["deadletters", "replay", "--admin", &admin, "ks", &old]);
+    assert!(!ok, "a dead letter refused again is an error: {out}");
+    assert!(out.contains("failed") && out.contains("no_poison"), "{out}");
+    assert_eq!(count(MACHINE_URL, &format!("{dl} WHERE error LIKE '%no_poison%'")), 1);
+    assert_eq!(count(MACHINE_URL, &dl), 2);
+
+    // d:stale is written again in the grid: its row is newer than its dead letter.
+    assert_eq!(raw.cmd_str(&["SET", "d:stale", "fresh"]), "+OK\r\n");
+    flush(&node);
+    exec(MACHINE_URL, &format!("ALTER TABLE {table} DROP CONSTRAINT no_poison"));
+    let (ok, out) = cli(&["deadletters", "replay", "--admin", &admin, "ks", "--all"]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("{old} d:old written")), "{out}");
+    assert!(out.contains(&format!("{stale} d:stale superseded")), "{out}");
+    let got: BTreeMap<String, Vec<u8>> =
+        rows(MACHINE_URL, &table).into_iter().map(|(k, v, _, _)| (k, v)).collect();
+    assert_eq!(got["d:old"], b"poison");
+    assert_eq!(got["d:stale"], b"fresh", "a replay never overwrites a newer row");
+    assert_eq!(count(MACHINE_URL, &dl), 0, "replayed dead letters are removed");
+    let (ok, listing) = cli(&["deadletters", "list", "--admin", &admin, "ks"]);
+    assert!(ok && listing.contains("no dead letters"), "{listing}");
+    let (ok, out) = cli(&["deadletters", "list", "--admin", &admin, "nope"]);
+    assert!(!ok && out.contains("no write-behind key space named 'nope'"), "{out}");
+    assert_eq!(info(&node)["dead_letters_replayed"], "2");
+    drop(node);
+    exec(MACHINE_URL, &format!("DROP TABLE {table}; DROP TABLE {dl}"));
+}

@@ -1,7 +1,8 @@
 //! The admin subcommands of the `cachegrid` binary: `status` prints the grid from a node's
 //! `/cluster`, `health` exits 0 when a node's `/health` answers (the container HEALTHCHECK,
 //! so the image needs no curl), `leave` takes a node out of the grid, `rebalance` follows
-//! slots moving until the grid has settled. They talk HTTP/1.1 to the admin port through
+//! slots moving until the grid has settled, `deadletters list|replay` shows and replays the
+//! writes Postgres refused. They talk HTTP/1.1 to the admin port through
 //! hyper.
 
 use std::fmt::Write as _;
@@ -17,6 +18,7 @@ use tokio::net::TcpStream;
 
 use super::cluster::ClusterView;
 use crate::config::Config;
+use crate::persistence::deadletters::{DeadLetter, Replayed};
 
 /// How long one admin request may take, connect included.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,6 +87,94 @@ pub async fn leave(addr: &str, node: Option<&str>, force: bool) -> anyhow::Resul
     text.strip_prefix("epoch ")
         .and_then(|e| e.parse().ok())
         .with_context(|| format!("unexpected answer {text:?}"))
+}
+
+/// Keeps what may sit in a query string: letters, digits, `-`, `_` (key space names).
+fn query_safe(s: &str) -> anyhow::Result<&str> {
+    if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        bail!("'{s}' is not a key space name");
+    }
+    Ok(s)
+}
+
+/// `cachegrid deadletters list`: the oldest `count` dead letters of `keyspace` as a table.
+pub async fn dead_letters(addr: &str, keyspace: &str, count: usize) -> anyhow::Result<String> {
+    let path = format!("/writebehind/deadletters?keyspace={}&count={count}", query_safe(keyspace)?);
+    let (status, body) = get(addr, &path).await?;
+    if status != StatusCode::OK {
+        bail!("{addr} answered {status}: {}", String::from_utf8_lossy(&body).trim());
+    }
+    let list: Vec<DeadLetter> = serde_json::from_slice(&body).context("unreadable dead-letter list")?;
+    if list.is_empty() {
+        return Ok(format!("no dead letters in key space '{keyspace}'\n"));
+    }
+    let mut rows = vec![["ID", "KEY", "OP", "BYTES", "VERSION", "FAILED AT", "ERROR"].map(String::from)];
+    for d in &list {
+        let op = match &d.kind {
+            Some(k) => format!("{} {k}", d.op),
+            None => d.op.clone(),
+        };
+        rows.push([
+            d.id.to_string(),
+            d.key.clone(),
+            op,
+            d.value_bytes.to_string(),
+            d.version.to_string(),
+            d.failed_at.clone(),
+            d.error.replace(['\r', '\n'], " "),
+        ]);
+    }
+    Ok(columns(&rows))
+}
+
+/// `cachegrid deadletters replay`: replays `ids` (or every dead letter with `all`) of
+/// `keyspace`; one line per dead letter. Errs when any was refused again, so scripts notice.
+pub async fn replay_dead_letters(
+    addr: &str,
+    keyspace: &str,
+    ids: &[i64],
+    all: bool,
+) -> anyhow::Result<String> {
+    let which = if all {
+        "all=true".to_string()
+    } else {
+        if ids.is_empty() {
+            bail!("name the dead letters to replay (ids from `cachegrid deadletters list`) or pass --all");
+        }
+        format!("ids={}", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
+    };
+    let path = format!("/writebehind/replay?keyspace={}&{which}", query_safe(keyspace)?);
+    let (status, body) = request(addr, hyper::Method::POST, &path, Duration::from_secs(300)).await?;
+    if status != StatusCode::OK {
+        bail!("{addr} answered {status}: {}", String::from_utf8_lossy(&body).trim());
+    }
+    let done: Vec<Replayed> = serde_json::from_slice(&body).context("unreadable replay answer")?;
+    let mut out = String::new();
+    for r in &done {
+        match &r.error {
+            Some(e) => writeln!(out, "{} {} {}: {e}", r.id, r.key, r.outcome)?,
+            None => writeln!(out, "{} {} {}", r.id, r.key, r.outcome)?,
+        }
+    }
+    let failed = done.iter().filter(|r| r.outcome == "failed").count();
+    writeln!(out, "{} replayed, {failed} refused again", done.len() - failed)?;
+    if failed > 0 {
+        bail!("{}", out.trim_end());
+    }
+    Ok(out)
+}
+
+/// Left-aligned columns separated by two spaces.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> =
+        (0..N).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `cachegrid health`: Ok when `/health` answers 200.

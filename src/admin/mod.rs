@@ -1,5 +1,6 @@
-//! The admin HTTP port (axum): `/metrics` (Prometheus), `/health`, `/ready`, `/cluster` (JSON)
-//! and `/` (a self-contained live dashboard). It runs beside the client port, by default on
+//! The admin HTTP port (axum): `/metrics` (Prometheus), `/health`, `/ready`, `/cluster` (JSON),
+//! `/writebehind/deadletters` and `/writebehind/replay` (dead letters of Postgres-backed key
+//! spaces) and `/` (a self-contained live dashboard). It runs beside the client port, by default on
 //! the client port + 1000, and is described in `docs/ADMIN.md`. `cli` is the admin side of the
 //! `cachegrid` binary (`status`, `health`, `leave`, `rebalance`), which reads this port.
 
@@ -127,6 +128,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/cluster", get(cluster_json))
         .route("/cluster/leave", axum::routing::post(cluster_leave))
         .route("/cluster/moving", get(cluster_moving))
+        .route("/writebehind/deadletters", get(dead_letters))
+        .route("/writebehind/replay", axum::routing::post(replay_dead_letters))
         .with_state(admin)
 }
 
@@ -194,6 +197,69 @@ async fn cluster_moving(State(admin): State<Arc<Admin>>) -> (StatusCode, String)
     let member = view.me.is_some() as u8;
     let (epoch, moving) = (view.map.epoch, view.map.migrations.len());
     (StatusCode::OK, format!("member {member} slots_leaving {leaving} epoch {epoch} slots_moving {moving}\n"))
+}
+
+/// Query of `/writebehind/deadletters` and `/writebehind/replay`.
+#[derive(serde::Deserialize)]
+struct DeadLetterQuery {
+    keyspace: String,
+    count: Option<usize>,
+    /// Comma-separated dead-letter ids to replay.
+    ids: Option<String>,
+    /// Replay every dead letter (the oldest 10,000 per call).
+    all: Option<bool>,
+}
+
+fn dead_letter_error(e: crate::persistence::deadletters::DeadLetterError) -> (StatusCode, String) {
+    use crate::persistence::deadletters::DeadLetterError;
+    let status = match e {
+        DeadLetterError::UnknownKeyspace(_) => StatusCode::NOT_FOUND,
+        DeadLetterError::Postgres(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, format!("{e}\n"))
+}
+
+/// `GET /writebehind/deadletters?keyspace=NAME[&count=N]`: the oldest dead letters of a key
+/// space as JSON (`cachegrid deadletters list`).
+async fn dead_letters(
+    State(admin): State<Arc<Admin>>,
+    axum::extract::Query(q): axum::extract::Query<DeadLetterQuery>,
+) -> Response {
+    let Some(p) = admin.server.persistence.get() else {
+        return (StatusCode::NOT_FOUND, "no key space is backed by Postgres on this node\n").into_response();
+    };
+    match p.dead_letters(&q.keyspace, q.count.unwrap_or(100)).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => dead_letter_error(e).into_response(),
+    }
+}
+
+/// `POST /writebehind/replay?keyspace=NAME&ids=1,2|all=true`: writes dead letters again
+/// (version-checked) and answers what happened to each, as JSON (`cachegrid deadletters
+/// replay`).
+async fn replay_dead_letters(
+    State(admin): State<Arc<Admin>>,
+    axum::extract::Query(q): axum::extract::Query<DeadLetterQuery>,
+) -> Response {
+    let Some(p) = admin.server.persistence.get() else {
+        return (StatusCode::NOT_FOUND, "no key space is backed by Postgres on this node\n").into_response();
+    };
+    let ids = match (q.all.unwrap_or(false), q.ids.as_deref()) {
+        (true, None) => None,
+        (false, Some(list)) => match list.split(',').map(|i| i.trim().parse::<i64>()).collect() {
+            Ok(ids) => Some(ids),
+            Err(_) => {
+                return (StatusCode::BAD_REQUEST, "ids must be integers separated by commas\n")
+                    .into_response()
+            }
+        },
+        _ => return (StatusCode::BAD_REQUEST, "give either ids=ID,ID,... or all=true\n").into_response(),
+    };
+    let ids: Option<Vec<i64>> = ids;
+    match p.replay_dead_letters(&q.keyspace, ids.as_deref()).await {
+        Ok(done) => Json(done).into_response(),
+        Err(e) => dead_letter_error(e).into_response(),
+    }
 }
 
 async fn cluster_json(State(admin): State<Arc<Admin>>) -> Json<ClusterView> {

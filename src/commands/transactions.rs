@@ -106,6 +106,20 @@ pub fn unwatch_all(server: &Server, client: &mut ClientState) {
     client.info.watching.store(0, Ordering::Relaxed);
 }
 
+/// The queue bound of a Postgres-backed key space is checked again at EXEC: a transaction
+/// queued while the queue had room must not write past it once it is full. Like Redis when
+/// memory is full at EXEC (`-EXECABORT Transaction discarded because of: OOM ...`), the whole
+/// transaction is discarded with the reason.
+fn refused_by_write_behind(server: &Server, queued: &[Queued]) -> Option<Reply> {
+    let p = server.persistence.get()?;
+    for q in queued.iter().filter(|q| q.spec.is_write()) {
+        if let Err(Reply::Error(msg)) = p.admit(q.spec, &q.args) {
+            return Some(Reply::error(format!("EXECABORT Transaction discarded because of: {msg}")));
+        }
+    }
+    None
+}
+
 /// EXEC: runs the queued commands atomically, or aborts (EXECABORT, or a nil reply when a
 /// watched key changed).
 pub fn exec(server: &Arc<Server>, client: &mut ClientState) -> Reply {
@@ -118,6 +132,10 @@ pub fn exec(server: &Arc<Server>, client: &mut ClientState) -> Reply {
         return Reply::error("EXECABORT Transaction discarded because of previous errors.");
     }
     let queued = end_multi(client);
+    if let Some(reply) = refused_by_write_behind(server, &queued) {
+        unwatch_all(server, client);
+        return reply;
+    }
     let now = client.now_ms;
     let keyspace_wide = queued.iter().any(|q| q.spec.keys == Keys::All);
     let mut db = if keyspace_wide {

@@ -28,6 +28,11 @@ impl Collector for Persistence {
                     ("cachegrid_writebehind_rows_coalesced_total", &st.rows_coalesced),
                     ("cachegrid_writebehind_failures_total", &st.failures),
                     ("cachegrid_writebehind_dead_letters_total", &st.dead_letters),
+                    ("cachegrid_writebehind_compactions_total", &w.queue.compaction.runs),
+                    (
+                        "cachegrid_writebehind_compaction_reclaimed_bytes_total",
+                        &w.queue.compaction.bytes_reclaimed,
+                    ),
                 ] {
                     counter!(name, "keyspace" => ks.clone()).absolute(value.load(Ordering::Relaxed));
                 }
@@ -54,6 +59,16 @@ fn describe() {
     );
     describe_counter!("cachegrid_writebehind_failures_total", Unit::Count, "Failed batch attempts.");
     describe_counter!("cachegrid_writebehind_dead_letters_total", Unit::Count, "Rows moved to dead letters.");
+    describe_counter!(
+        "cachegrid_writebehind_compactions_total",
+        Unit::Count,
+        "Compactions of the durable queue."
+    );
+    describe_counter!(
+        "cachegrid_writebehind_compaction_reclaimed_bytes_total",
+        Unit::Bytes,
+        "Queue bytes freed by compaction (records superseded by a newer write of their key)."
+    );
 }
 
 impl Persistence {

@@ -11,6 +11,7 @@
 //! `postgres-url` or no key space, none of this exists and the node is a plain cache.
 
 pub mod config;
+pub mod deadletters;
 pub mod health;
 pub mod loader;
 mod metrics;
@@ -38,7 +39,7 @@ use crate::store::keyspace::{Change, ChangeCause, ChangeListener};
 use health::{Health, Pool};
 use loader::Loader;
 use queue::DurableQueue;
-use record::{encode_value, Op};
+use record::{encode_value_shared, Op};
 use writer::{Table, Writer};
 
 thread_local! {
@@ -126,13 +127,13 @@ impl Persistence {
                 None
             } else {
                 let dir = config.dir.join("writebehind").join(&cfg.name);
-                let (queue, replayed) = DurableQueue::open(&dir, fsync)
+                let (queue, replayed) = DurableQueue::open(&dir, fsync, cfg.queue_max_bytes)
                     .with_context(|| format!("cannot open the write-behind queue in {}", dir.display()))?;
                 if !replayed.is_empty() {
                     tracing::info!(keyspace = %cfg.name, records = replayed.len(), "replaying the write-behind queue");
                 }
                 max_version = max_version.max(replayed.last().map_or(0, |r| r.version));
-                let w = Writer::new(cfg.clone(), table.clone(), Arc::new(queue));
+                let w = Writer::new(cfg.clone(), table.clone(), queue);
                 w.ingest(replayed);
                 Some(Arc::new(w))
             };
@@ -150,19 +151,6 @@ impl Persistence {
         for w in p.spaces.iter().filter_map(|s| s.writer.clone()) {
             tokio::spawn(w.clone().run(shared.clone()));
             tokio::spawn(w.clone().cleanup(shared.clone(), Duration::from_secs(30)));
-            if fsync == FsyncPolicy::EverySec {
-                let (w, stop) = (w.clone(), shared.stop.clone());
-                tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                        let q = w.queue.clone();
-                        let _ = tokio::task::spawn_blocking(move || q.sync()).await;
-                    }
-                });
-            }
         }
         server.keyspace.add_listener(p.clone());
         Ok(Some(p))
@@ -233,7 +221,7 @@ impl Persistence {
             // A write not yet in Postgres is newer than its row: serve that.
             if let Some(op) = space.writer.as_ref().and_then(|w| w.latest(key)) {
                 if let Op::Put { kind, value, expires_at_ms } = op {
-                    let row = postgres::Loaded { kind, value, expires_at_ms };
+                    let row = postgres::Loaded { kind, value: value.to_vec(), expires_at_ms };
                     insert_loaded(server, key, &row)?;
                 }
                 continue;
@@ -273,11 +261,14 @@ impl Persistence {
         tokio::time::timeout(timeout, w.committed(ticket.version)).await.is_ok()
     }
 
-    /// Puts records queued by the commands just run on disk, before their replies are sent.
-    pub fn before_reply(&self) {
+    /// Puts records queued by the commands just run on disk, before their replies are sent:
+    /// written to the segment here (a page-cache write, as Redis writes its AOF), and with
+    /// `writebehind-fsync always` awaited until the disk thread has fsynced them.
+    pub async fn before_reply(&self) {
         for w in self.spaces.iter().filter_map(|s| s.writer.as_ref()) {
-            if w.queue.has_pending() {
-                w.queue.write_pending();
+            let target = w.queue.write_for_reply();
+            if !w.queue.is_durable(target) {
+                w.queue.durable(target).await;
             }
         }
     }
@@ -317,8 +308,9 @@ impl Persistence {
         }
         self.shared.stop.cancel();
         for w in self.spaces.iter().filter_map(|s| s.writer.as_ref()) {
-            w.queue.write_pending();
-            w.queue.sync();
+            let q = w.queue.clone();
+            // The last fsync, on the queue's disk thread.
+            let _ = tokio::task::spawn_blocking(move || q.close()).await;
         }
     }
 
@@ -343,7 +335,7 @@ impl Persistence {
                 let st = &w.stats;
                 let _ = write!(
                     f,
-                    ",pending_keys={keys},queue_bytes={},queue_segments={},oldest_pending_ms={},batches={},rows_written={},rows_coalesced={},failures={},dead_letters={},disk_errors={}",
+                    ",pending_keys={keys},queue_bytes={},queue_segments={},oldest_pending_ms={},batches={},rows_written={},rows_coalesced={},failures={},dead_letters={},dead_letters_replayed={},disk_errors={},compactions={},compaction_reclaimed_bytes={}",
                     w.queue.bytes(),
                     w.queue.segments(),
                     oldest.as_millis(),
@@ -352,7 +344,10 @@ impl Persistence {
                     st.rows_coalesced.load(Ordering::Relaxed),
                     st.failures.load(Ordering::Relaxed),
                     st.dead_letters.load(Ordering::Relaxed),
+                    st.dead_letters_replayed.load(Ordering::Relaxed),
                     w.queue.disk_errors.load(Ordering::Relaxed),
+                    w.queue.compaction.runs.load(Ordering::Relaxed),
+                    w.queue.compaction.bytes_reclaimed.load(Ordering::Relaxed),
                 );
             }
             if let Some(l) = &s.loader {
@@ -426,7 +421,7 @@ impl ChangeListener for Persistence {
         let Some(w) = &space.writer else { return };
         let op = match change.entry {
             Some(e) => {
-                let (kind, value) = encode_value(&e.value);
+                let (kind, value) = encode_value_shared(&e.value);
                 Op::Put { kind, value, expires_at_ms: e.expire_at() }
             }
             None => Op::Delete,

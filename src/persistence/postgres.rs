@@ -96,6 +96,19 @@ fn key_text(r: &Record) -> Result<&str, PgError> {
 /// Writes `batch` (at most one record per key) in one transaction: one multi-row upsert and
 /// one multi-row delete, each applied only where the row's version is older.
 pub async fn write_batch(client: &mut Client, table: &str, batch: &[Record]) -> Result<(), PgError> {
+    let tx = client.transaction().await?;
+    apply(&tx, table, batch).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The statements of [`write_batch`] inside `tx`; how many rows they changed (a record older
+/// than its row changes none).
+pub async fn apply(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    batch: &[Record],
+) -> Result<u64, PgError> {
     let (mut pk, mut pv, mut pt, mut pe, mut pver) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut dk, mut dver) = (vec![], vec![]);
     for r in batch {
@@ -103,7 +116,7 @@ pub async fn write_batch(client: &mut Client, table: &str, batch: &[Record]) -> 
         match &r.op {
             Op::Put { kind, value, expires_at_ms } => {
                 pk.push(key);
-                pv.push(value.as_slice());
+                pv.push(value.as_ref());
                 pt.push(kind.name());
                 pe.push(expires_at_ms.map(|e| e as i64));
                 pver.push(r.version as i64);
@@ -114,7 +127,7 @@ pub async fn write_batch(client: &mut Client, table: &str, batch: &[Record]) -> 
             }
         }
     }
-    let tx = client.transaction().await?;
+    let mut changed = 0;
     if !pk.is_empty() {
         let sql = format!(
             "INSERT INTO {table} AS t (key, value, type, expires_at, version, updated_at)
@@ -124,24 +137,23 @@ pub async fn write_batch(client: &mut Client, table: &str, batch: &[Record]) -> 
                 expires_at = EXCLUDED.expires_at, version = EXCLUDED.version, updated_at = now()
              WHERE t.version < EXCLUDED.version"
         );
-        tx.execute(&sql, &[&pk, &pv, &pt, &pe, &pver]).await?;
+        changed += tx.execute(&sql, &[&pk, &pv, &pt, &pe, &pver]).await?;
     }
     if !dk.is_empty() {
         let sql = format!(
             "DELETE FROM {table} AS t USING unnest($1::text[], $2::int8[]) AS d(k, ver)
              WHERE t.key = d.k AND t.version < d.ver"
         );
-        tx.execute(&sql, &[&dk, &dver]).await?;
+        changed += tx.execute(&sql, &[&dk, &dver]).await?;
     }
-    tx.commit().await?;
-    Ok(())
+    Ok(changed)
 }
 
 /// Records a write Postgres refused, with the reason, for an operator to see and replay.
 pub async fn dead_letter(client: &Client, table: &str, r: &Record, error: &str) -> Result<(), PgError> {
     let (op, value, kind, exp) = match &r.op {
         Op::Put { kind, value, expires_at_ms } => {
-            ("put", Some(value.as_slice()), Some(kind.name()), expires_at_ms.map(|e| e as i64))
+            ("put", Some(value.as_ref()), Some(kind.name()), expires_at_ms.map(|e| e as i64))
         }
         Op::Delete => ("delete", None, None, None),
     };
@@ -150,7 +162,7 @@ pub async fn dead_letter(client: &Client, table: &str, r: &Record, error: &str) 
          VALUES ($1, $2, $3, $4, CASE WHEN $5::int8 IS NULL THEN NULL ELSE to_timestamp($5::int8 / 1000.0) END, $6, $7)",
         dead_letter_table(table)
     );
-    client.execute(&sql, &[&r.key, &op, &value, &kind, &exp, &(r.version as i64), &error]).await?;
+    client.execute(&sql, &[&r.key.as_ref(), &op, &value, &kind, &exp, &(r.version as i64), &error]).await?;
     Ok(())
 }
 

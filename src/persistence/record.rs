@@ -6,10 +6,16 @@
 //! text), and decodable by any client in a few lines.
 
 use crate::store::value::HashLimits;
+
+/// SharedBytes immutable bytes: keys and values of queued records, cloned into the coalescing
+/// map and batches by a reference count (no allocation, unlike a `bytes::Bytes` made from a
+/// `Vec`, which allocates on its first clone).
+pub type SharedBytes = std::sync::Arc<[u8]>;
 use crate::store::{HashValue, Value};
 
 /// Redis type of a stored value, as the `type` column says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+#[repr(u8)]
 pub enum Kind {
     /// A string (`'string'`).
     Str,
@@ -37,14 +43,14 @@ impl Kind {
 }
 
 /// What a record does to its row.
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Insert or replace the row.
     Put {
         /// Redis type.
         kind: Kind,
-        /// Encoded value (see the module comment).
-        value: Vec<u8>,
+        /// Encoded value (see the module comment); cheap to clone into the writer's batches.
+        value: SharedBytes,
         /// Absolute expiry in unix milliseconds.
         expires_at_ms: Option<u64>,
     },
@@ -53,12 +59,12 @@ pub enum Op {
 }
 
 /// One change of one key, as queued on disk and written to Postgres.
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Node-wide monotonically increasing; the row's `version`, so a stale write never wins.
     pub version: u64,
-    /// The key (UTF-8: the table's key is `text`).
-    pub key: Vec<u8>,
+    /// The key (UTF-8: the table's key is `text`); shared by the coalescing map's copies.
+    pub key: SharedBytes,
     /// Hash slot of the key.
     pub slot: u16,
     /// Put or delete.
@@ -73,6 +79,86 @@ impl Record {
                 Op::Put { value, .. } => value.len(),
                 Op::Delete => 0,
             }
+    }
+}
+
+/// The on-disk payload as bincode 2 (standard configuration) reads it: segments written by
+/// earlier versions, which encoded this with `bincode::encode_into_std_write`, stay readable.
+#[derive(bincode::Decode)]
+struct WireRecord {
+    version: u64,
+    key: Vec<u8>,
+    slot: u16,
+    op: WireOp,
+}
+
+#[derive(bincode::Decode)]
+enum WireOp {
+    Put { kind: Kind, value: Vec<u8>, expires_at_ms: Option<u64> },
+    Delete,
+}
+
+impl From<WireRecord> for Record {
+    fn from(w: WireRecord) -> Record {
+        let op = match w.op {
+            WireOp::Put { kind, value, expires_at_ms } => {
+                Op::Put { kind, value: value.into(), expires_at_ms }
+            }
+            WireOp::Delete => Op::Delete,
+        };
+        Record { version: w.version, key: w.key.into(), slot: w.slot, op }
+    }
+}
+
+/// bincode 2's variable-length unsigned integer (standard configuration).
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    if v <= 250 {
+        out.push(v as u8);
+    } else if v <= u16::MAX as u64 {
+        out.push(251);
+        out.extend_from_slice(&(v as u16).to_le_bytes());
+    } else if v <= u32::MAX as u64 {
+        out.push(252);
+        out.extend_from_slice(&(v as u32).to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Encodes the record as bincode 2 would (see [`WireRecord`]), straight into `out`: the hot
+/// path of every write to a backed key space, so no writer adapter and no intermediate copy.
+fn encode_payload(r: &Record, out: &mut Vec<u8>) {
+    put_varint(out, r.version);
+    put_varint(out, r.key.len() as u64);
+    out.extend_from_slice(&r.key);
+    put_varint(out, r.slot as u64);
+    match &r.op {
+        Op::Put { kind, value, expires_at_ms } => {
+            out.push(0);
+            out.push(*kind as u8);
+            put_varint(out, value.len() as u64);
+            out.extend_from_slice(value);
+            match expires_at_ms {
+                None => out.push(0),
+                Some(e) => {
+                    out.push(1);
+                    put_varint(out, *e);
+                }
+            }
+        }
+        Op::Delete => out.push(1),
+    }
+}
+
+/// [`encode_value`] for a queue record.
+pub fn encode_value_shared(value: &Value) -> (Kind, SharedBytes) {
+    match value {
+        Value::Str(s) => (Kind::Str, SharedBytes::from(&s[..])),
+        Value::Hash(_) => {
+            let (kind, bytes) = encode_value(value);
+            (kind, bytes.into())
+        }
     }
 }
 
@@ -123,8 +209,9 @@ const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 /// (the payload is bincode 2, standard configuration).
 pub fn frame(record: &Record, out: &mut Vec<u8>) {
     let start = out.len();
+    out.reserve(8 + 32 + record.weight());
     out.extend_from_slice(&[0; 8]);
-    bincode::encode_into_std_write(record, out, bincode::config::standard()).expect("Vec write cannot fail");
+    encode_payload(record, out);
     let len = (out.len() - start - 8) as u32;
     let crc = CRC.checksum(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -140,8 +227,9 @@ pub fn unframe(buf: &[u8]) -> Option<(Record, usize)> {
     if CRC.checksum(payload) != crc {
         return None;
     }
-    let (record, used) = bincode::decode_from_slice(payload, bincode::config::standard()).ok()?;
-    (used == len).then_some((record, 8 + len))
+    let (record, used): (WireRecord, usize) =
+        bincode::decode_from_slice(payload, bincode::config::standard()).ok()?;
+    (used == len).then(|| (record.into(), 8 + len))
 }
 
 #[cfg(test)]
@@ -163,9 +251,9 @@ mod tests {
     fn frames_detect_torn_and_corrupt_tails() {
         let r = Record {
             version: 7,
-            key: b"session:1".to_vec(),
+            key: SharedBytes::from(&b"session:1"[..]),
             slot: 3,
-            op: Op::Put { kind: Kind::Str, value: b"v".to_vec(), expires_at_ms: Some(9) },
+            op: Op::Put { kind: Kind::Str, value: SharedBytes::from(&b"v"[..]), expires_at_ms: Some(9) },
         };
         let mut buf = Vec::new();
         frame(&r, &mut buf);
@@ -176,5 +264,50 @@ mod tests {
         let mut bad = buf.clone();
         bad[used + 9] ^= 1;
         assert!(unframe(&bad[used..]).is_none());
+    }
+
+    /// The layout earlier versions wrote with bincode's derive, to check the hand encoder.
+    #[derive(bincode::Encode)]
+    struct OldRecord {
+        version: u64,
+        key: Vec<u8>,
+        slot: u16,
+        op: OldOp,
+    }
+
+    #[derive(bincode::Encode)]
+    enum OldOp {
+        Put { kind: Kind, value: Vec<u8>, expires_at_ms: Option<u64> },
+        Delete,
+    }
+
+    #[test]
+    fn records_are_encoded_exactly_as_bincode_encoded_them_before() {
+        let big = vec![7u8; 70_000];
+        let cases = [
+            (1u64, b"k".to_vec(), 0u16, Some((Kind::Str, b"v".to_vec(), None))),
+            (250, b"session:1".to_vec(), 250, Some((Kind::Hash, vec![1; 251], Some(251)))),
+            (65_535, vec![b'x'; 300], 16_383, Some((Kind::Str, big.clone(), Some(1_700_000_000_000)))),
+            (u64::MAX, Vec::new(), 65_535, None),
+            (1 << 40, b"gone".to_vec(), 1, None),
+        ];
+        for (version, key, slot, put) in cases {
+            let (op, old_op) = match put {
+                Some((kind, value, exp)) => (
+                    Op::Put { kind, value: value.clone().into(), expires_at_ms: exp },
+                    OldOp::Put { kind, value, expires_at_ms: exp },
+                ),
+                None => (Op::Delete, OldOp::Delete),
+            };
+            let old = OldRecord { version, key: key.clone(), slot, op: old_op };
+            let want = bincode::encode_to_vec(&old, bincode::config::standard()).unwrap();
+            let r = Record { version, key: key.into(), slot, op };
+            let mut got = Vec::new();
+            encode_payload(&r, &mut got);
+            assert_eq!(got, want);
+            let mut framed = Vec::new();
+            frame(&r, &mut framed);
+            assert_eq!(unframe(&framed).unwrap(), (r, framed.len()));
+        }
     }
 }

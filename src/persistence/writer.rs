@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use super::config::{KeyspaceConfig, WriteMode};
 use super::postgres::{self, PgError};
 use super::queue::DurableQueue;
-use super::record::{Op, Record};
+use super::record::{Op, Record, SharedBytes};
 use super::Shared;
 
 /// Counters INFO reports for one key space.
@@ -31,6 +31,8 @@ pub struct WriterStats {
     pub failures: AtomicU64,
     /// Records moved to the dead-letter table.
     pub dead_letters: AtomicU64,
+    /// Dead letters replayed by an operator (written or found superseded).
+    pub dead_letters_replayed: AtomicU64,
 }
 
 struct Pend {
@@ -44,13 +46,13 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Coalescer {
-    map: FastMap<Vec<u8>, Pend>,
+    map: FastMap<SharedBytes, Pend>,
     /// Keys in the order they became pending, with the time they are due.
-    order: VecDeque<(Instant, Vec<u8>)>,
+    order: VecDeque<(Instant, SharedBytes)>,
     /// Keys with a batch in flight: their next record waits, so one key's writes never race.
     /// Keys with a batch in flight, and what that batch writes (read-through must not load
     /// the older row meanwhile).
-    inflight: FastMap<Vec<u8>, Op>,
+    inflight: FastMap<SharedBytes, Op>,
     /// Every ingested record in version order, with whether it is done (committed or
     /// superseded); entry `i` has sequence number `ring_base + i`. Done entries are popped
     /// from the front, so the front is the oldest record not yet committed.
@@ -127,7 +129,7 @@ pub struct Writer {
 }
 
 /// A delivered batch: (sequence number, key) of each record.
-struct Done(Vec<(u64, Vec<u8>)>);
+struct Done(Vec<(u64, SharedBytes)>);
 
 impl Writer {
     /// A writer for `cfg` fed by `queue`.
@@ -173,12 +175,10 @@ impl Writer {
         let now = Instant::now();
         let due = now + self.delay();
         let mut coalesced = 0;
-        for mut r in records {
+        for r in records {
             s.max_ingested = s.max_ingested.max(r.version);
             let seq = s.push(r.version);
-            // The map owns the key; the record gets it back when it is batched.
-            let key = std::mem::take(&mut r.key);
-            match s.map.entry(key) {
+            match s.map.entry(r.key.clone()) {
                 Entry::Occupied(mut o) => {
                     let p = o.get_mut();
                     let old = std::mem::replace(&mut p.seq, seq);
@@ -214,9 +214,8 @@ impl Writer {
                 deferred.push((due, key));
                 continue;
             }
-            if let Some((key, mut p)) = s.map.remove_entry(&key) {
-                s.inflight.insert(key.clone(), p.rec.op.clone());
-                p.rec.key = key;
+            if let Some(p) = s.map.remove(&key) {
+                s.inflight.insert(key, p.rec.op.clone());
                 batch.push((p.seq, p.rec));
             }
         }
@@ -226,7 +225,7 @@ impl Writer {
         batch
     }
 
-    fn finish(&self, batch: &[(u64, Vec<u8>)]) {
+    fn finish(&self, batch: &[(u64, SharedBytes)]) {
         let w = {
             let mut s = self.state.lock();
             for (seq, key) in batch {
@@ -433,16 +432,17 @@ mod tests {
     use crate::persistence::record::Kind;
 
     fn rec(version: u64, key: &str) -> Record {
-        let op = Op::Put { kind: Kind::Str, value: version.to_string().into_bytes(), expires_at_ms: None };
-        Record { version, key: key.into(), slot: 0, op }
+        let op =
+            Op::Put { kind: Kind::Str, value: version.to_string().into_bytes().into(), expires_at_ms: None };
+        Record { version, key: SharedBytes::from(key.as_bytes()), slot: 0, op }
     }
 
     #[test]
     fn the_last_write_of_a_key_wins_and_a_key_is_never_in_flight_twice() {
         let dir = tempfile::tempdir().unwrap();
-        let (q, _) = DurableQueue::open(dir.path(), FsyncPolicy::No).unwrap();
+        let (q, _) = DurableQueue::open(dir.path(), FsyncPolicy::No, 1 << 30).unwrap();
         let cfg = KeyspaceConfig { write_delay_ms: 0, ..KeyspaceConfig::default() };
-        let w = Writer::new(cfg, Arc::new(Table::new("t".into())), Arc::new(q));
+        let w = Writer::new(cfg, Arc::new(Table::new("t".into())), q);
         w.ingest(vec![rec(1, "a"), rec(2, "b"), rec(3, "a")]);
         let now = Instant::now() + Duration::from_millis(1);
         let batch = w.take_due(now, 10);
@@ -453,13 +453,13 @@ mod tests {
         // A newer write of `a` waits while `a` is in flight.
         w.ingest(vec![rec(4, "a")]);
         assert!(w.take_due(now, 10).is_empty());
-        w.finish(&[(a3, b"a".to_vec())]);
+        w.finish(&[(a3, SharedBytes::from(&b"a"[..]))]);
         assert_eq!(*w.committed.borrow(), 1, "version 2 is still in flight");
-        w.finish(&[(b2, b"b".to_vec())]);
+        w.finish(&[(b2, SharedBytes::from(&b"b"[..]))]);
         assert_eq!(*w.committed.borrow(), 3);
         let next = w.take_due(now, 10);
         assert_eq!(next.iter().map(|(_, r)| r.version).collect::<Vec<_>>(), vec![4]);
-        w.finish(&[(next[0].0, b"a".to_vec())]);
+        w.finish(&[(next[0].0, SharedBytes::from(&b"a"[..]))]);
         assert_eq!(*w.committed.borrow(), 4);
     }
 }

@@ -242,7 +242,7 @@ async fn flush<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     if let Some(p) = server.persistence.get() {
         // Records of the commands answered here reach the disk before their replies leave.
-        p.before_reply();
+        p.before_reply().await;
     }
     if output.is_empty() {
         return Ok(());
