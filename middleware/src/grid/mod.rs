@@ -3,6 +3,7 @@
 //! Cluster, through the `redis` crate) or a node embedded in this process; and invalidations
 //! for the near caches in front of it.
 
+mod coalesce;
 mod embedded;
 mod near;
 mod remote;
