@@ -157,6 +157,15 @@ impl Grid {
         }
     }
 
+    /// Runs a prepared pipeline: in one round trip, and as one MULTI/EXEC transaction when it
+    /// is atomic (all keys in one slot); one value per command. Saves copying the commands.
+    pub async fn run(&self, pipe: &redis::Pipeline) -> Result<Vec<redis::Value>, GridError> {
+        match self {
+            Grid::Remote(r) => r.run(pipe).await,
+            Grid::Embedded(e) => e.run_pipeline(pipe.cmd_iter()),
+        }
+    }
+
     /// HGETALL `key` as field/value pairs, served from the near cache when it is on.
     pub async fn hgetall(&self, key: &str) -> Result<Arc<Vec<(String, bytes::Bytes)>>, GridError> {
         match self {

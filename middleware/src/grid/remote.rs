@@ -260,13 +260,18 @@ impl RemoteGrid {
     }
 
     async fn pipelined(&self, cmds: &[redis::Cmd], atomic: bool) -> Result<Vec<Value>, GridError> {
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(cmds.len());
         if atomic {
             pipe.atomic();
         }
         for c in cmds {
             pipe.add_command(c.clone());
         }
+        self.run(&pipe).await
+    }
+
+    /// Runs a prepared pipeline (a transaction if it is atomic); one value per command.
+    pub async fn run(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, GridError> {
         let v: Value = match self.conn().await? {
             (Conn::Single(mut c), g) => self.timed(g, pipe.query_async(&mut c)).await?,
             (Conn::Cluster(mut c), g) => self.timed(g, pipe.query_async(&mut c)).await?,
