@@ -127,6 +127,14 @@ impl EmbeddedGrid {
 
     /// Runs `cmds` as one MULTI/EXEC transaction.
     pub fn transaction(&self, cmds: &[redis::Cmd]) -> Result<Vec<redis::Value>, GridError> {
+        self.run_pipeline(cmds.iter())
+    }
+
+    /// Runs `cmds` as one MULTI/EXEC transaction (in process, a pipeline costs no less).
+    pub fn run_pipeline<'a>(
+        &self,
+        cmds: impl Iterator<Item = &'a redis::Cmd>,
+    ) -> Result<Vec<redis::Value>, GridError> {
         let mut c = self.client();
         let r = self.run_transaction(&mut c, cmds);
         if c.in_multi() {
@@ -136,10 +144,10 @@ impl EmbeddedGrid {
         r
     }
 
-    fn run_transaction(
+    fn run_transaction<'a>(
         &self,
         c: &mut ClientState,
-        cmds: &[redis::Cmd],
+        cmds: impl Iterator<Item = &'a redis::Cmd>,
     ) -> Result<Vec<redis::Value>, GridError> {
         self.run(c, vec![bytes::Bytes::from_static(b"MULTI")])?;
         for cmd in cmds {

@@ -3,6 +3,7 @@
 //! Cluster, through the `redis` crate) or a node embedded in this process; and invalidations
 //! for the near caches in front of it.
 
+mod coalesce;
 mod embedded;
 mod near;
 mod remote;
@@ -221,6 +222,15 @@ impl Grid {
             Grid::Remote(r) => r.pipeline(cmds).await,
             // In process there is no round trip to save: a transaction costs nothing more.
             Grid::Embedded(e) => e.transaction(cmds),
+        }
+    }
+
+    /// Runs a prepared pipeline: in one round trip, and as one MULTI/EXEC transaction when it
+    /// is atomic (all keys in one slot); one value per command. Saves copying the commands.
+    pub async fn run(&self, pipe: &redis::Pipeline) -> Result<Vec<redis::Value>, GridError> {
+        match self {
+            Grid::Remote(r) => r.run(pipe).await,
+            Grid::Embedded(e) => e.run_pipeline(pipe.cmd_iter()),
         }
     }
 

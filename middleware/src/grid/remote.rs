@@ -13,6 +13,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::Mutex;
 
+use super::coalesce::Coalesce;
 use super::near::{Hash, Invalidate, NearCache};
 use super::tracked::{is_redirect, TrackedNodes};
 use super::{classify, pairs, GridConfig, GridError, Listeners, Topology};
@@ -261,13 +262,18 @@ impl RemoteGrid {
     }
 
     async fn pipelined(&self, cmds: &[redis::Cmd], atomic: bool) -> Result<Vec<Value>, GridError> {
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(cmds.len());
         if atomic {
             pipe.atomic();
         }
         for c in cmds {
             pipe.add_command(c.clone());
         }
+        self.run(&pipe).await
+    }
+
+    /// Runs a prepared pipeline (a transaction if it is atomic); one value per command.
+    pub async fn run(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, GridError> {
         let v: Value = match self.conn().await? {
             (Conn::Single(mut c), g) => self.timed(g, pipe.query_async(&mut c)).await?,
             (Conn::Cluster(mut c), g) => self.timed(g, pipe.query_async(&mut c)).await?,
@@ -398,10 +404,29 @@ pub(super) async fn open(
             Ok::<(), std::convert::Infallible>(())
         });
     }
+    let timed_out = |_| GridError::Unavailable("connect timed out".into());
+    if let redis::ConnectionAddr::Tcp(host, port) = &info.addr {
+        // Our own socket, so writes are coalesced (see `Coalesce`); the `redis` crate still
+        // does the protocol, the connection setup (HELLO, AUTH, SELECT) and the multiplexing.
+        let connect = async {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            // Commands are gathered by `Coalesce`: what it writes goes out at once.
+            stream.set_nodelay(true)?;
+            let (conn, driver) =
+                MultiplexedConnection::new_with_config(&info.redis, Coalesce::new(stream), acc).await?;
+            // The driver ends once every clone of the connection is dropped (its queue closes).
+            tokio::spawn(driver);
+            Ok::<_, redis::RedisError>(conn)
+        };
+        return tokio::time::timeout(cfg.connect_timeout, connect)
+            .await
+            .map_err(timed_out)?
+            .map_err(classify);
+    }
     let client = cfg.client(info).map_err(classify)?;
     tokio::time::timeout(cfg.connect_timeout, client.get_multiplexed_async_connection_with_config(&acc))
         .await
-        .map_err(|_| GridError::Unavailable("connect timed out".into()))?
+        .map_err(timed_out)?
         .map_err(classify)
 }
 

@@ -103,8 +103,9 @@ impl Session {
 
     /// The value under `key`, decoded as `T`.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
-        let raw = self.state.lock().data.get(key).cloned();
-        raw.map(|b| decode(key, &b)).transpose()
+        // Decoded in place: no copy of the value (decode runs no session code).
+        let s = self.state.lock();
+        s.data.get(key).map(|b| decode(key, b)).transpose()
     }
 
     /// Stores `value` under `key`. The value is checked to decode back as `T`, so a type

@@ -169,15 +169,18 @@ async fn load<S: SessionStore>(
     let Some(id) = id else { return Ok(fresh) };
     let fields = store.load(&id).await?;
     let mut state = State { id: Some(id), available: true, ..Default::default() };
-    for (f, v) in fields.iter() {
+    // Without a near cache the reply is ours alone: its values move into the session.
+    let fields = Arc::try_unwrap(fields).unwrap_or_else(|shared| (*shared).clone());
+    state.data.reserve(fields.len());
+    for (f, v) in fields {
         if let Some(k) = f.strip_prefix(KEY_FIELD) {
-            state.data.insert(k.to_owned(), v.clone());
+            state.data.insert(k.to_owned(), v);
         } else if f == CREATED {
-            state.created_ms = parse_ms(v).unwrap_or(0);
+            state.created_ms = parse_ms(&v).unwrap_or(0);
         } else if f == TOUCHED {
-            state.touched_ms = parse_ms(v).unwrap_or(0);
+            state.touched_ms = parse_ms(&v).unwrap_or(0);
         } else if f == EXPIRY {
-            state.expiry = decode_expiry(v);
+            state.expiry = decode_expiry(&v);
         }
     }
     if state.created_ms == 0 {

@@ -80,40 +80,48 @@ impl GridStore {
 
     async fn write(&self, id: &SessionId, w: &SessionWrite) -> Result<(), GridError> {
         let key = self.key(id);
-        let mut cmds = Vec::with_capacity(4);
-        if w.replace {
-            cmds.push(redis::cmd("DEL").arg(&key).clone());
-        }
-        if !w.set.is_empty() {
-            let mut c = redis::cmd("HSET");
-            c.arg(&key);
-            for (f, v) in &w.set {
-                c.arg(f.as_str()).arg(v.as_ref());
-            }
-            cmds.push(c);
-        }
-        if !w.del.is_empty() && !w.replace {
-            let mut c = redis::cmd("HDEL");
-            c.arg(&key);
-            for f in &w.del {
-                c.arg(f.as_str());
-            }
-            cmds.push(c);
-        }
-        match (w.expire_at_ms, w.keep_expiry) {
-            (Some(at), false) => cmds.push(redis::cmd("PEXPIREAT").arg(&key).arg(at).clone()),
-            (Some(at), true) => cmds.push(redis::cmd("PEXPIREAT").arg(&key).arg(at).arg("NX").clone()),
-            (None, false) => cmds.push(redis::cmd("PERSIST").arg(&key).clone()),
-            (None, true) => {}
-        }
         // A new or replaced hash is written atomically (no reader sees it without its expiry).
         // An update is only pipelined: HSET/HDEL keep the key's expiry, so a PEXPIREAT that
         // never ran (a connection lost between them) leaves the previous expiry, and the node
         // saves MULTI, EXEC and their queueing. (Had the hash expired since the load, HSET
         // makes a new one without `m:c`, which is never loaded as a session, and the
         // PEXPIREAT, NX or not, gives it an expiry.)
-        let out =
-            if w.replace { self.grid.transaction(&cmds).await } else { self.grid.pipeline(&cmds).await };
+        let mut pipe = redis::Pipeline::with_capacity(4);
+        if w.replace {
+            pipe.atomic();
+            pipe.cmd("DEL").arg(&key);
+        }
+        if !w.set.is_empty() {
+            let size = key.len() + w.set.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
+            let mut c = redis::Cmd::with_capacity(2 + 2 * w.set.len(), 4 + size);
+            c.arg("HSET").arg(&key);
+            for (f, v) in &w.set {
+                c.arg(f.as_str()).arg(v.as_ref());
+            }
+            pipe.add_command(c);
+        }
+        if !w.del.is_empty() && !w.replace {
+            pipe.cmd("HDEL").arg(&key);
+            for f in &w.del {
+                pipe.arg(f.as_str());
+            }
+        }
+        match (w.expire_at_ms, w.keep_expiry) {
+            (Some(at), false) => {
+                pipe.cmd("PEXPIREAT").arg(&key).arg(at);
+            }
+            (Some(at), true) => {
+                pipe.cmd("PEXPIREAT").arg(&key).arg(at).arg("NX");
+            }
+            (None, false) => {
+                pipe.cmd("PERSIST").arg(&key);
+            }
+            (None, true) => {}
+        }
+        if pipe.cmd_iter().next().is_none() {
+            return Ok(());
+        }
+        let out = self.grid.run(&pipe).await;
         self.grid.forget(&key).await;
         for v in out? {
             if let Value::ServerError(e) = v {
