@@ -8,9 +8,12 @@ pub mod admin;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod net;
 pub mod node;
 pub mod persistence;
 pub mod protocol;
 pub mod replication;
 pub mod server;
+#[cfg(feature = "simulation")]
+pub mod simulation;
 pub mod store;

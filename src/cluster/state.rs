@@ -100,7 +100,7 @@ impl View {
 
 /// A lease on the monotonic clock: nanoseconds since `base` until which this node may serve.
 struct Lease {
-    base: std::time::Instant,
+    base: tokio::time::Instant,
     until_ns: std::sync::atomic::AtomicU64,
     /// Whether the lease applies at all: a grid of one has nobody to step aside for.
     guarded: std::sync::atomic::AtomicBool,
@@ -159,7 +159,7 @@ impl Cluster {
             in_flight: Default::default(),
             moving: Default::default(),
             lease: Lease {
-                base: std::time::Instant::now(),
+                base: tokio::time::Instant::now(),
                 until_ns: Default::default(),
                 guarded: Default::default(),
             },
@@ -243,7 +243,7 @@ impl Cluster {
     }
 
     /// Extends the lease to `until` (never shortens it).
-    pub fn extend_lease(&self, until: std::time::Instant) {
+    pub fn extend_lease(&self, until: tokio::time::Instant) {
         let ns = until.saturating_duration_since(self.lease.base).as_nanos() as u64;
         self.lease.until_ns.fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
     }

@@ -181,7 +181,7 @@ pub struct Replication {
     wake: tokio::sync::Notify,
     /// Per replica, since when it has had changes not yet acknowledged (for `/metrics` and
     /// `/cluster`: how far behind it may be). Locked after `dirty`, never before.
-    behind_since: Mutex<HashMap<NodeId, std::time::Instant>>,
+    behind_since: Mutex<HashMap<NodeId, tokio::time::Instant>>,
 }
 
 /// How far one replica of this node's slots is behind.
@@ -237,7 +237,7 @@ impl Replication {
             set.insert(key, *seq);
         }
         if !set.is_empty() {
-            self.behind_since.lock().entry(replica).or_insert_with(std::time::Instant::now);
+            self.behind_since.lock().entry(replica).or_insert_with(tokio::time::Instant::now);
         }
     }
 
@@ -380,7 +380,7 @@ impl ChangeListener for Replication {
         for &replica in &replicas {
             let set = dirty.pending.entry(replica).or_default();
             if set.is_empty() {
-                self.behind_since.lock().entry(replica).or_insert_with(std::time::Instant::now);
+                self.behind_since.lock().entry(replica).or_insert_with(tokio::time::Instant::now);
             }
             set.insert(change.key, seq);
         }

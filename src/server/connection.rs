@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use crate::net::TcpStream;
 use tracing::debug;
 
 use super::{ClientState, Server};
