@@ -104,8 +104,12 @@ pub fn unserved(server: Arc<Server>) -> Arc<Admin> {
 
 /// The admin state, known to the server and measuring the command rate.
 fn new(server: Arc<Server>, addr: SocketAddr) -> Arc<Admin> {
-    let admin =
-        Arc::new(Admin { server: server.clone(), addr, metrics: metrics::Metrics::new(), rate: OpsRate::default() });
+    let admin = Arc::new(Admin {
+        server: server.clone(),
+        addr,
+        metrics: metrics::Metrics::new(),
+        rate: OpsRate::default(),
+    });
     let _ = server.admin.set(Arc::downgrade(&admin));
     tokio::spawn(measure_rate(admin.clone()));
     admin
