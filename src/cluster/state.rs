@@ -32,7 +32,7 @@ pub struct Cluster {
     pub unready_changed: tokio::sync::Notify,
     /// Full syncs this node needs, per primary of slots it newly replicates (see
     /// [`SyncWanted`]). What `/ready` calls catching up.
-    syncing_from: parking_lot::Mutex<std::collections::HashMap<NodeId, SyncWanted>>,
+    syncing_from: parking_lot::Mutex<std::collections::BTreeMap<NodeId, SyncWanted>>,
     /// Numbers the full syncs asked for.
     sync_tokens: std::sync::atomic::AtomicU64,
     /// Whether the grid was asked to let this node leave (a graceful `Leave` of it applied,

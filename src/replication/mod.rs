@@ -146,10 +146,12 @@ struct Batch {
 struct Queues {
     /// Number of the latest change noted.
     seq: u64,
-    pending: HashMap<NodeId, Pending>,
+    /// Ordered maps (here and in `owed`): batches go out in one order, which a simulated run
+    /// (tests/sim.rs) needs to replay from its seed.
+    pending: BTreeMap<NodeId, Pending>,
     /// Replicas owed a batch even if nothing is queued for them: they asked for a full sync
     /// and wait to hear it is done (or that there was nothing to send).
-    owed: std::collections::HashSet<NodeId>,
+    owed: std::collections::BTreeSet<NodeId>,
     /// The latest full sync request taken from each replica.
     sync_tokens: HashMap<NodeId, u64>,
 }
@@ -257,7 +259,7 @@ impl Replication {
             let sync_token = sync_tokens.get(node).copied().unwrap_or(0);
             out.push(Batch { replica: *node, keys: take, upto, remaining: keys.len() as u64, sync_token });
         }
-        for node in owed.drain() {
+        for node in std::mem::take(owed) {
             let sync_token = sync_tokens.get(&node).copied().unwrap_or(0);
             out.push(Batch { replica: node, keys: Vec::new(), upto: *seq, remaining: 0, sync_token });
         }
