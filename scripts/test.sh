@@ -37,11 +37,16 @@ FEATURES=(--features cachegrid/failpoints)
 
 # nextest runs each test in its own process; a test that fails and then passes on its one
 # retry is reported as FLAKY in the summary (and must be looked at), not hidden.
+# The grid on turmoil's simulated network (tests/sim.rs) needs the `simulation` feature, which
+# swaps the node's sockets: its own run, rebuilding only this crate (docs/RELIABILITY.md).
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets "${FEATURES[@]}" --retries 1 "$@"
+  # The deterministic simulation (tests/sim.rs) needs its own build of the crate.
+  cargo nextest run -p cachegrid --features simulation --test sim --retries 1
   cargo test --workspace --doc
 else
   echo "cargo-nextest not found: running cargo test (no retries)" >&2
   cargo test --workspace --all-targets "${FEATURES[@]}" "$@"
+  cargo test -p cachegrid --features simulation --test sim
   cargo test --workspace --doc
 fi

@@ -9,10 +9,13 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod faults;
+pub mod net;
 pub mod node;
 pub mod persistence;
 pub mod protocol;
 pub mod replication;
 pub mod server;
+#[cfg(feature = "simulation")]
+pub mod simulation;
 pub mod store;
 pub mod tls;

@@ -15,7 +15,7 @@ pub struct Node {
     pub server: Arc<Server>,
     /// Where clients connect.
     pub addr: SocketAddr,
-    /// The admin HTTP port (metrics, health, cluster, dashboard).
+    /// The admin HTTP port (metrics, health, cluster, dashboard); not served under simulation.
     pub admin: Arc<crate::admin::Admin>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -25,6 +25,7 @@ impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         let server = Server::new(config);
         // Bound first: a taken admin port stops the node before it takes clients.
+        #[cfg(not(feature = "simulation"))]
         let admin_listener = crate::admin::bind(&server).await?;
         if let Some(p) = crate::persistence::Persistence::start(&server).await? {
             let _ = server.persistence.set(p);
@@ -33,7 +34,11 @@ impl Node {
         let task = tokio::spawn(server::serve(server.clone(), Some(tx)));
         match rx.await {
             Ok(addr) => {
+                #[cfg(not(feature = "simulation"))]
                 let admin = crate::admin::start(server.clone(), admin_listener)?;
+                // Simulated nodes serve no admin HTTP port (see `admin::unserved`).
+                #[cfg(feature = "simulation")]
+                let admin = crate::admin::unserved(server.clone());
                 if let Some(p) = server.persistence.get() {
                     admin.add_collector(p.clone());
                 }

@@ -84,15 +84,8 @@ pub async fn bind(server: &Server) -> anyhow::Result<TcpListener> {
 /// Serves the admin port on `listener` until the node shuts down.
 pub fn start(server: Arc<Server>, listener: TcpListener) -> anyhow::Result<Arc<Admin>> {
     let addr = listener.local_addr()?;
-    let admin = Arc::new(Admin {
-        server: server.clone(),
-        addr,
-        metrics: metrics::Metrics::new(),
-        rate: OpsRate::default(),
-    });
-    let _ = server.admin.set(Arc::downgrade(&admin));
+    let admin = new(server.clone(), addr);
     info!(admin = %addr, "admin HTTP port listening");
-    tokio::spawn(measure_rate(admin.clone()));
     let app = router(admin.clone());
     let shutdown = server.shutdown.clone();
     tokio::spawn(async move {
@@ -101,6 +94,26 @@ pub fn start(server: Arc<Server>, listener: TcpListener) -> anyhow::Result<Arc<A
         }
     });
     Ok(admin)
+}
+
+/// The admin state without its HTTP port, for a simulated node (turmoil's sockets are not
+/// axum's): peers still get the node's status over the cluster bus.
+#[cfg(feature = "simulation")]
+pub fn unserved(server: Arc<Server>) -> Arc<Admin> {
+    new(server, SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// The admin state, known to the server and measuring the command rate.
+fn new(server: Arc<Server>, addr: SocketAddr) -> Arc<Admin> {
+    let admin = Arc::new(Admin {
+        server: server.clone(),
+        addr,
+        metrics: metrics::Metrics::new(),
+        rate: OpsRate::default(),
+    });
+    let _ = server.admin.set(Arc::downgrade(&admin));
+    tokio::spawn(measure_rate(admin.clone()));
+    admin
 }
 
 async fn measure_rate(admin: Arc<Admin>) {

@@ -17,8 +17,8 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
+use crate::net::{TcpListener, TcpStream};
 use crate::server::Server;
 
 use super::consensus::{Consensus, TypeConfig};

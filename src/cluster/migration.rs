@@ -8,9 +8,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bincode::{Decode, Encode};
+use tokio::time::Instant;
 
 use super::bus::{BusClient, BusResponse, MAX_FRAME};
 use super::node_id::NodeId;

@@ -32,7 +32,7 @@ pub struct Cluster {
     pub unready_changed: tokio::sync::Notify,
     /// Full syncs this node needs, per primary of slots it newly replicates (see
     /// [`SyncWanted`]). What `/ready` calls catching up.
-    syncing_from: parking_lot::Mutex<std::collections::HashMap<NodeId, SyncWanted>>,
+    syncing_from: parking_lot::Mutex<std::collections::BTreeMap<NodeId, SyncWanted>>,
     /// Numbers the full syncs asked for.
     sync_tokens: std::sync::atomic::AtomicU64,
     /// Whether this process restarted as a member and has not been placed again yet.
@@ -104,7 +104,7 @@ impl View {
 
 /// A lease on the monotonic clock: nanoseconds since `base` until which this node may serve.
 struct Lease {
-    base: std::time::Instant,
+    base: tokio::time::Instant,
     until_ns: std::sync::atomic::AtomicU64,
     /// Whether the lease applies at all: a grid of one has nobody to step aside for.
     guarded: std::sync::atomic::AtomicBool,
@@ -163,7 +163,7 @@ impl Cluster {
             in_flight: Default::default(),
             moving: Default::default(),
             lease: Lease {
-                base: std::time::Instant::now(),
+                base: tokio::time::Instant::now(),
                 until_ns: Default::default(),
                 guarded: Default::default(),
             },
@@ -272,7 +272,7 @@ impl Cluster {
     }
 
     /// Extends the lease to `until` (never shortens it).
-    pub fn extend_lease(&self, until: std::time::Instant) {
+    pub fn extend_lease(&self, until: tokio::time::Instant) {
         let ns = until.saturating_duration_since(self.lease.base).as_nanos() as u64;
         self.lease.until_ns.fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
     }

@@ -146,10 +146,12 @@ struct Batch {
 struct Queues {
     /// Number of the latest change noted.
     seq: u64,
-    pending: HashMap<NodeId, Pending>,
+    /// Ordered maps (here and in `owed`): batches go out in one order, which a simulated run
+    /// (tests/sim.rs) needs to replay from its seed.
+    pending: BTreeMap<NodeId, Pending>,
     /// Replicas owed a batch even if nothing is queued for them: they asked for a full sync
     /// and wait to hear it is done (or that there was nothing to send).
-    owed: std::collections::HashSet<NodeId>,
+    owed: std::collections::BTreeSet<NodeId>,
     /// The latest full sync request taken from each replica.
     sync_tokens: HashMap<NodeId, u64>,
 }
@@ -181,7 +183,7 @@ pub struct Replication {
     wake: tokio::sync::Notify,
     /// Per replica, since when it has had changes not yet acknowledged (for `/metrics` and
     /// `/cluster`: how far behind it may be). Locked after `dirty`, never before.
-    behind_since: Mutex<HashMap<NodeId, std::time::Instant>>,
+    behind_since: Mutex<HashMap<NodeId, tokio::time::Instant>>,
 }
 
 /// How far one replica of this node's slots is behind.
@@ -237,7 +239,7 @@ impl Replication {
             set.insert(key, *seq);
         }
         if !set.is_empty() {
-            self.behind_since.lock().entry(replica).or_insert_with(std::time::Instant::now);
+            self.behind_since.lock().entry(replica).or_insert_with(tokio::time::Instant::now);
         }
     }
 
@@ -257,7 +259,7 @@ impl Replication {
             let sync_token = sync_tokens.get(node).copied().unwrap_or(0);
             out.push(Batch { replica: *node, keys: take, upto, remaining: keys.len() as u64, sync_token });
         }
-        for node in owed.drain() {
+        for node in std::mem::take(owed) {
             let sync_token = sync_tokens.get(&node).copied().unwrap_or(0);
             out.push(Batch { replica: node, keys: Vec::new(), upto: *seq, remaining: 0, sync_token });
         }
@@ -380,7 +382,7 @@ impl ChangeListener for Replication {
         for &replica in &replicas {
             let set = dirty.pending.entry(replica).or_default();
             if set.is_empty() {
-                self.behind_since.lock().entry(replica).or_insert_with(std::time::Instant::now);
+                self.behind_since.lock().entry(replica).or_insert_with(tokio::time::Instant::now);
             }
             set.insert(change.key, seq);
         }

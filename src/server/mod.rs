@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use client::{ClientInfo, ClientRegistry, ClientState};
 
 use crate::config::Config;
+use crate::net::TcpListener;
 use crate::protocol::Limits;
 use crate::store::memory::MemoryGauge;
 use crate::store::{EvictionPolicy, Keyspace};
@@ -278,7 +278,7 @@ pub async fn serve(
 async fn accept_loop(
     server: Arc<Server>,
     listener: TcpListener,
-    accept: impl Fn(Arc<Server>, tokio::net::TcpStream, SocketAddr),
+    accept: impl Fn(Arc<Server>, crate::net::TcpStream, SocketAddr),
 ) {
     loop {
         tokio::select! {

@@ -35,7 +35,17 @@ openraft::declare_raft_types!(
         R = GridResponse,
         NodeId = NodeId,
         Node = BasicNode,
+        AsyncRuntime = RaftRuntime,
 );
+
+/// openraft's runtime: tokio's; under simulation one whose election timeouts come from the
+/// simulation's seed, so a run replays.
+#[cfg(not(feature = "simulation"))]
+pub type RaftRuntime = openraft::TokioRuntime;
+/// openraft's runtime: tokio's; under simulation one whose election timeouts come from the
+/// simulation's seed, so a run replays.
+#[cfg(feature = "simulation")]
+pub type RaftRuntime = crate::simulation::SimRuntime;
 
 /// What applying a log entry answers: the slot map epoch after it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,7 +72,7 @@ pub struct Consensus {
     lease: Duration,
     /// Pause detection: the lease keeper's last tick, and until when no AppendEntries may
     /// extend the lease (see [`Consensus::lease_from_contact`]).
-    watchdog: parking_lot::Mutex<(std::time::Instant, Option<std::time::Instant>)>,
+    watchdog: parking_lot::Mutex<(tokio::time::Instant, Option<tokio::time::Instant>)>,
 }
 
 /// The bus address of a node.
@@ -128,7 +138,7 @@ impl Consensus {
             changes: tokio::sync::Mutex::new(()),
             cluster,
             lease,
-            watchdog: parking_lot::Mutex::new((std::time::Instant::now(), None)),
+            watchdog: parking_lot::Mutex::new((tokio::time::Instant::now(), None)),
         }))
     }
 
@@ -370,7 +380,7 @@ impl Consensus {
     /// process was just paused (SIGSTOP, a stalled VM): requests the kernel buffered during
     /// the pause are read first on resuming and may come from a leader that has since failed
     /// this node over, so for one lease after a pause no request extends it.
-    fn lease_from_contact(&self, received: std::time::Instant) {
+    fn lease_from_contact(&self, received: tokio::time::Instant) {
         let mut w = self.watchdog.lock();
         let (last_tick, quiet_until) = *w;
         if received.saturating_duration_since(last_tick) > self.lease / 2 {
@@ -397,7 +407,7 @@ impl Consensus {
             }
             {
                 let mut w = self.watchdog.lock();
-                let now = std::time::Instant::now();
+                let now = tokio::time::Instant::now();
                 if now.saturating_duration_since(w.0) > self.lease / 2 && w.1.is_none_or(|q| q < now) {
                     // This tick itself came late: a pause, seen here first.
                     w.1 = Some(now + self.lease);
@@ -408,7 +418,7 @@ impl Consensus {
             if self.leader() == Some(self.me.id) {
                 let ack = self.raft.metrics().borrow().millis_since_quorum_ack;
                 if let Some(ms) = ack {
-                    let acked = std::time::Instant::now().checked_sub(Duration::from_millis(ms));
+                    let acked = tokio::time::Instant::now().checked_sub(Duration::from_millis(ms));
                     if let Some(at) = acked {
                         self.cluster.extend_lease(at + self.lease);
                     }
@@ -436,7 +446,7 @@ impl Consensus {
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         // When each member last answered, and whether it ever has since this node led.
-        let mut last_ok: HashMap<NodeId, (std::time::Instant, bool)> = HashMap::new();
+        let mut last_ok: HashMap<NodeId, (tokio::time::Instant, bool)> = HashMap::new();
         let mut links: HashMap<NodeId, BusClient> = HashMap::new();
         loop {
             tokio::select! {
@@ -452,7 +462,7 @@ impl Consensus {
                 last_ok.clear();
                 continue;
             };
-            let now = std::time::Instant::now();
+            let now = tokio::time::Instant::now();
             if last_ok.is_empty() {
                 // Just became leader: the members it inherits were answering the previous one
                 // (a dead previous leader among them is failed over after the plain timeout);
@@ -481,7 +491,7 @@ impl Consensus {
                 // times as long: a slow start is not a failure.
                 let limit = if *answered { timeout } else { timeout * 5 };
                 if ok {
-                    *seen = std::time::Instant::now();
+                    *seen = tokio::time::Instant::now();
                     *answered = true;
                 } else if seen.elapsed() > limit && replaceable(id) {
                     tracing::warn!(node = %id, silent_ms = seen.elapsed().as_millis() as u64, "member not answering: failing it over");
@@ -508,7 +518,7 @@ impl Consensus {
     /// does. Added again, it gets slots by placement (usually replicas first) and its stale
     /// copies are dropped (see `cluster::stale`). A member that left on purpose stays out.
     pub async fn rejoin(self: Arc<Self>, timeout: Duration, shutdown: tokio_util::sync::CancellationToken) {
-        let mut fenced_since: Option<std::time::Instant> = None;
+        let mut fenced_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -528,7 +538,7 @@ impl Consensus {
             }
             fenced_since = match (self.cluster.fenced(), fenced_since) {
                 (false, _) => None,
-                (true, None) => Some(std::time::Instant::now()),
+                (true, None) => Some(tokio::time::Instant::now()),
                 (true, since) => since,
             };
             let long_cut_off = fenced_since.is_some_and(|t| t.elapsed() > timeout * 2);
@@ -620,7 +630,7 @@ impl Consensus {
     pub async fn handle(&self, request: BusRequest) -> BusResponse {
         match request {
             BusRequest::AppendEntries(rpc) => {
-                let received = std::time::Instant::now();
+                let received = tokio::time::Instant::now();
                 let leader_commit = rpc.leader_commit.map(|l| l.index);
                 let r = self.raft.append_entries(rpc).await;
                 if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success))
