@@ -747,7 +747,6 @@ fn scenario(fault: Fault, base: u64) {
 // "Simulation"). They run with `--run-ignored all`; the ignore goes when the bug is fixed.
 
 #[test]
-#[ignore = "finds a bug: after a 5 s partition the victim is failed over, then the other two fence themselves for good (seed 1002)"]
 fn a_node_partitioned_from_the_others_never_acknowledges_beside_its_successor_and_no_acknowledged_write_is_lost(
 ) {
     scenario(Fault::Partition, 1);
@@ -765,7 +764,6 @@ fn a_node_crashed_and_restarted_after_the_failover_timeout_loses_no_acknowledged
 }
 
 #[test]
-#[ignore = "finds a bug: a primary restarted within the failover timeout serves its slots with an empty keyspace (seed 6000)"]
 fn a_node_restarted_within_the_failover_timeout_loses_no_acknowledged_write() {
     scenario(Fault::QuickRestart, 6);
 }
