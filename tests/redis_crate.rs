@@ -18,6 +18,7 @@ const COVERED: &[&str] = &[
     "client",
     "cluster",
     "command",
+    "debug",
     "config",
     "dbsize",
     "decr",
@@ -116,6 +117,20 @@ fn every_command_of_the_node_is_covered_here() {
     let covered: BTreeSet<&str> = COVERED.iter().copied().collect();
     let missing: Vec<_> = ours.difference(&covered).collect();
     assert!(missing.is_empty(), "commands without a redis-crate test: {missing:?}");
+}
+
+#[tokio::test]
+async fn debug_is_refused_by_default_and_answers_when_enabled() {
+    let node = common::TestNode::start();
+    let mut c = node.client().await;
+    let refused: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg("0").query_async(&mut c).await;
+    assert!(refused.unwrap_err().to_string().contains("DEBUG command not allowed"));
+    let node =
+        common::TestNode::with_config(|c| c.enable_debug_command = cachegrid::config::DebugCommand::Yes);
+    let mut c = node.client().await;
+    let _: () = q(&mut c, &["DEBUG", "SLEEP", "0"]).await;
+    let status: String = q(&mut c, &["DEBUG", "BUS-STATUS"]).await;
+    assert!(!status.is_empty());
 }
 
 #[tokio::test]

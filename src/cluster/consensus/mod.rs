@@ -627,16 +627,22 @@ impl Consensus {
     }
 
     /// Answers one bus request.
-    pub async fn handle(&self, request: BusRequest) -> BusResponse {
+    pub async fn handle(self: &Arc<Self>, request: BusRequest) -> BusResponse {
         match request {
             BusRequest::AppendEntries(rpc) => {
                 let received = tokio::time::Instant::now();
                 let leader_commit = rpc.leader_commit.map(|l| l.index);
                 let r = self.raft.append_entries(rpc).await;
-                if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success))
-                    && self.applied_through(leader_commit).await
-                {
-                    self.lease_from_contact(received);
+                if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success)) {
+                    // The lease waits for the leader's commit to be applied here, but the reply
+                    // does not: a held reply reorders heartbeats and appends at the leader,
+                    // which openraft 0.9 takes for a follower's log going back (and panics).
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        if this.applied_through(leader_commit).await {
+                            this.lease_from_contact(received);
+                        }
+                    });
                 }
                 BusResponse::AppendEntries(r)
             }
