@@ -157,8 +157,8 @@ fn wait_for_agreement(members: &[&Member], known: usize) -> String {
 
 /// Waits until no member has slots left to move, all agree (on `known` nodes), and every
 /// member is ready (`/ready`: its replicas' full syncs done). The next fault comes only then:
-/// a failover before a new replica's full sync has finished may promote a replica without
-/// all of the data (a limitation README states), which is not what these tests measure.
+/// with one replica per slot, a second failure before a replacement replica has caught up
+/// loses what only the second victim held (README), which is not what these tests measure.
 fn wait_for_rebalance(members: &[&Member], known: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

@@ -197,6 +197,8 @@ impl GridState {
     /// `next` drops stays, retiring, while any replica of the slot syncs or the slot migrates.
     fn track_replicas(&mut self, next: &Layout) {
         let previous = &self.map;
+        // The epoch of the map being built: when a new replica started syncing.
+        let epoch = previous.epoch + 1;
         for (slot, a) in next.assignment.iter().enumerate() {
             let slot16 = slot as u16;
             let owners = &previous.slots[slot];
@@ -204,7 +206,6 @@ impl GridState {
                 owners.replicas.iter().map(|&i| previous.node(i).id).collect();
             let was_syncing = self.syncing.remove(&slot16).unwrap_or_default();
             let target = next.migrations.get(&slot16).map(|(_, to)| *to);
-            let epoch = self.map.epoch + 1;
             let syncing: BTreeMap<NodeId, u64> = a
                 .replicas
                 .iter()
