@@ -73,6 +73,9 @@ pub struct Consensus {
     /// Pause detection: the lease keeper's last tick, and until when no AppendEntries may
     /// extend the lease (see [`Consensus::lease_from_contact`]).
     watchdog: parking_lot::Mutex<(tokio::time::Instant, Option<tokio::time::Instant>)>,
+    /// The leader this node last accepted AppendEntries from, and when: a new leader starts
+    /// the old one's failure clock there, not at its own election (see `detect_failures`).
+    leader_contact: parking_lot::Mutex<Option<(NodeId, tokio::time::Instant)>>,
 }
 
 /// The bus address of a node.
@@ -139,6 +142,7 @@ impl Consensus {
             cluster,
             lease,
             watchdog: parking_lot::Mutex::new((tokio::time::Instant::now(), None)),
+            leader_contact: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -464,11 +468,19 @@ impl Consensus {
             };
             let now = tokio::time::Instant::now();
             if last_ok.is_empty() {
-                // Just became leader: the members it inherits were answering the previous one
-                // (a dead previous leader among them is failed over after the plain timeout);
-                // only members that join from now on get the newcomer's grace.
+                // Just became leader: the members it inherits were answering the previous one;
+                // only members that join from now on get the newcomer's grace. The previous
+                // leader was last heard when this node last accepted its AppendEntries: an
+                // election took at least the election timeout since, so a dead leader is
+                // failed over at the first failed ping instead of a whole timeout later.
                 for (n, _) in &members {
                     last_ok.insert(n.id, (now, true));
+                }
+                let contact = *self.leader_contact.lock();
+                if let Some((old, at)) = contact.filter(|(old, _)| *old != self.me.id) {
+                    if let Some(seen) = last_ok.get_mut(&old) {
+                        seen.0 = at;
+                    }
                 }
             }
             let others: Vec<NodeInfo> =
@@ -632,8 +644,10 @@ impl Consensus {
             BusRequest::AppendEntries(rpc) => {
                 let received = tokio::time::Instant::now();
                 let leader_commit = rpc.leader_commit.map(|l| l.index);
+                let leader = rpc.vote.leader_id().node_id;
                 let r = self.raft.append_entries(rpc).await;
                 if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success)) {
+                    *self.leader_contact.lock() = Some((leader, received));
                     // The lease waits for the leader's commit to be applied here, but the reply
                     // does not: a held reply reorders heartbeats and appends at the leader,
                     // which openraft 0.9 takes for a follower's log going back (and panics).
