@@ -120,7 +120,11 @@ impl Consensus {
         let config = openraft::Config {
             cluster_name: "cachegrid".into(),
             // Generous for a loaded two-core machine: a missed heartbeat must not depose a
-            // healthy leader.
+            // healthy leader. openraft 0.9 lets a follower that knew a leader elect only after
+            // `election_timeout_max` (its leader lease) plus a random election timeout: a dead
+            // leader is replaced 3-4 s after its last heartbeat. Timeouts tied to the failover
+            // timeout (1.5-2 s) made the simulation's partition scenario spin on AppendEntries
+            // (docs/RELIABILITY.md): not shortened until that is understood.
             heartbeat_interval: 250,
             election_timeout_min: 1000,
             election_timeout_max: 2000,
