@@ -291,12 +291,16 @@ async fn a_rotating_majority_loses_no_acknowledged_write() {
         run_for(Duration::from_secs(1)).await;
         let others: Vec<&Member> = all.iter().copied().filter(|m| m.bus != victim.bus).collect();
         let cut = Instant::now();
+        w.mark(format!("cut {}", victim.zone));
         blocking(|| isolate(victim, &others));
         blocking(|| wait_for_agreement(&others, 2));
+        w.mark("failed over");
         let failed_over = cut.elapsed();
         longest = longest.max(failed_over);
         blocking(|| heal(&all));
+        w.mark("healed");
         blocking(|| wait_for_rebalance(&all, 3));
+        w.mark("rebalanced");
         eprintln!(
             "round {round}: member {} cut off, failed over in {failed_over:?}; {} writes acknowledged so far",
             victim.zone,
