@@ -31,6 +31,7 @@ struct Member {
     admin: u16,
     zone: &'static str,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl Member {
@@ -41,11 +42,18 @@ impl Member {
 
     /// As `start`, with environment variables for the process (libfaketime's, FAILPOINTS).
     fn start_with_env(zone: &'static str, seed: Option<&Member>, env: &[(&str, &str)]) -> Member {
+        Member::start_with(zone, seed, env, &[])
+    }
+
+    /// As `start_with_env`, with more command-line options (`--cluster-node-timeout` replaces
+    /// the suite's).
+    fn start_with(zone: &'static str, seed: Option<&Member>, env: &[(&str, &str)], args: &[&str]) -> Member {
         let dir = tempfile::tempdir().unwrap();
         let (bus, admin) = (free_port(), free_port());
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let process = spawn(dir.path(), zone, bus, admin, seed.map(Member::seed).as_deref(), &env);
-        Member { process, dir, bus, admin, zone, env }
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let process = spawn(dir.path(), zone, bus, admin, seed.map(Member::seed).as_deref(), &env, &args);
+        Member { process, dir, bus, admin, zone, env, args }
     }
 
     /// How another node names this one in `--join`.
@@ -71,7 +79,7 @@ impl Member {
     fn restart(&mut self) {
         let _ = self.process.child.kill();
         let _ = self.process.child.wait();
-        self.process = spawn(self.dir.path(), self.zone, self.bus, self.admin, None, &self.env);
+        self.process = spawn(self.dir.path(), self.zone, self.bus, self.admin, None, &self.env, &self.args);
     }
 
     fn signal(&self, sig: &str) {
@@ -87,16 +95,21 @@ fn spawn(
     admin: u16,
     seed: Option<&str>,
     env: &[(String, String)],
+    extra: &[String],
 ) -> NodeProcess {
     let (dir, bus, admin) = (dir.to_str().unwrap(), bus.to_string(), admin.to_string());
     let timeout = FAILOVER_TIMEOUT_MS.to_string();
     let mut args = vec!["--dir", dir, "--zone", zone, "--cluster-port", &bus, "--admin-port", &admin];
-    args.extend(["--cluster-node-timeout", &timeout, "--cluster-replication", "sync"]);
+    if !extra.iter().any(|a| a == "--cluster-node-timeout") {
+        args.extend(["--cluster-node-timeout", &timeout]);
+    }
+    args.extend(["--cluster-replication", "sync"]);
     args.extend(["--enable-debug-command", "local"]);
     match seed {
         Some(s) => args.extend(["--join", s]),
         None => args.extend(["--cluster-enabled", "true"]),
     }
+    args.extend(extra.iter().map(String::as_str));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     NodeProcess::spawn_with_env(&args, &env)
 }
@@ -278,6 +291,83 @@ async fn a_node_cut_off_from_the_rest_loses_its_slots_stops_acknowledging_and_re
     judge("node-cut-off", w, &members.iter().collect::<Vec<_>>(), failed_over).await;
 }
 
+/// A read in a `sync` key space never returns a value its replicas do not hold (a dirty
+/// read: once read, the value could vanish in a failover to such a replica). The primary's
+/// bus to the key's replica is cut one way, so a SET reaches the primary only and times out
+/// (outcome unknown); a GET of the key then waits for the replica and, as it stays cut off,
+/// answers -TIMEOUT instead of the unreplicated value. Once healed, both hold the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_never_returns_a_sync_write_its_replica_does_not_hold() {
+    // A long failover timeout: the one-way cut must not fail anybody over.
+    let members = blocking(|| {
+        let slow = ["--cluster-node-timeout", "20000"];
+        let a = Member::start_with("zone-a", None, &[], &slow);
+        let b = Member::start_with("zone-b", Some(&a), &[], &slow);
+        let c = Member::start_with("zone-c", Some(&a), &[], &slow);
+        let members = vec![a, b, c];
+        wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 3);
+        members
+    });
+    let primary = &members[0];
+    let key = blocking(|| key_owned_by(primary, "dirty:"));
+    let replica = blocking(|| {
+        members[1..]
+            .iter()
+            .find(|m| {
+                let mut raw = m.process.raw();
+                raw.cmd_str(&["READONLY"]);
+                raw.cmd_str(&["GET", &key]) == "$6\r\nbefore\r\n"
+            })
+            .expect("the key's replica holds it")
+    });
+    assert_eq!(blocking(|| primary.cmd(&["DEBUG", "BUS-DROP", &replica.bus_addr()])), "+OK\r\n");
+    let set = blocking(|| primary.cmd(&["SET", &key, "after"]));
+    assert!(set.starts_with("-TIMEOUT"), "the replica cannot confirm the write: {set}");
+    let started = Instant::now();
+    let get = blocking(|| primary.cmd(&["GET", &key]));
+    assert!(get.starts_with("-TIMEOUT"), "a read waits for the replica, then times out: {get}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited for the replication timeout");
+    // Keys without an unconfirmed change are read at once.
+    let other = blocking(|| key_owned_by(&members[1], "dirty-other:"));
+    assert_eq!(blocking(|| members[1].cmd(&["GET", &other])), "$6\r\nbefore\r\n");
+    blocking(|| heal(&[primary]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blocking(|| primary.cmd(&["GET", &key])) != "$5\r\nafter\r\n" {
+        assert!(Instant::now() < deadline, "the write reaches the replica once healed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut raw = replica.process.raw();
+    raw.cmd_str(&["READONLY"]);
+    assert_eq!(raw.cmd_str(&["GET", &key]), "$5\r\nafter\r\n", "read only once the replica holds it");
+}
+
+/// A replica answers which keys of a replication batch it refused (slots it does not
+/// replicate for the sender in its own map), so the sender never counts them as applied (a
+/// sync write must not be acknowledged on the strength of a replica that skipped it). Here
+/// the batch claims to come from a node that is not the slot's primary: refused, untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_answers_which_keys_of_a_batch_it_refused() {
+    use cachegrid::cluster::bus::{BusClient, BusResponse};
+    use cachegrid::cluster::migration::DataRequest;
+    use cachegrid::replication::ReplicatedKey;
+    let node = blocking(|| Member::start("zone-a", None));
+    blocking(|| wait_for_agreement(&[&node], 1));
+    assert_eq!(blocking(|| node.cmd(&["SET", "refused", "kept"])), "+OK\r\n");
+    let request = DataRequest::Replicate {
+        from: [7; 20],
+        epoch: 0,
+        remaining: 0,
+        sync_token: 0,
+        entries: vec![ReplicatedKey { key: b"refused".to_vec(), entry: None }],
+    };
+    let answer = BusClient::new(node.bus_addr()).call_data(&request, Duration::from_secs(5)).await.unwrap();
+    match answer {
+        BusResponse::Replicated(Ok(a)) => assert_eq!((a.applied, a.refused), (0, vec![0])),
+        other => panic!("a batch answer listing the refused key: {other:?}"),
+    }
+    assert_eq!(blocking(|| node.cmd(&["GET", "refused"])), "$4\r\nkept\r\n");
+}
+
 /// (b) A rotating partition (Jepsen's Hazelcast schedule on three nodes): each member in turn
 /// is cut off from a majority of the other two, then the partition heals; clients write
 /// throughout.
@@ -291,12 +381,16 @@ async fn a_rotating_majority_loses_no_acknowledged_write() {
         run_for(Duration::from_secs(1)).await;
         let others: Vec<&Member> = all.iter().copied().filter(|m| m.bus != victim.bus).collect();
         let cut = Instant::now();
+        w.mark(format!("cut {}", victim.zone));
         blocking(|| isolate(victim, &others));
         blocking(|| wait_for_agreement(&others, 2));
+        w.mark("failed over");
         let failed_over = cut.elapsed();
         longest = longest.max(failed_over);
         blocking(|| heal(&all));
+        w.mark("healed");
         blocking(|| wait_for_rebalance(&all, 3));
+        w.mark("rebalanced");
         eprintln!(
             "round {round}: member {} cut off, failed over in {failed_over:?}; {} writes acknowledged so far",
             victim.zone,

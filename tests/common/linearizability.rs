@@ -116,27 +116,29 @@ fn set(bits: &mut [u64], i: usize) {
 /// Checks one key's operations (all of the same key), exploring at most `budget`
 /// configurations.
 pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
-    // What was read: an unknown SET of a value nobody read can be left out (if it took effect,
-    // something overwrote it before any read; the history without it is as linearizable).
-    let mut read = HashSet::new();
+    // What was read: an unknown SET of a value nobody read, directly or through INCRs after it,
+    // can be left out (if it took effect, something overwrote it before any read; the history
+    // without it is as linearizable). A read of `r` may come from SET `v` and `r - v` INCRs.
+    let incrs = ops.iter().filter(|o| matches!(o.kind, Kind::Incr(_))).count() as i64;
+    let mut read = Vec::new();
     for op in ops {
         match op.kind {
-            Kind::Get(Some(v)) => {
-                read.insert(v);
-            }
-            Kind::Incr(Some(v)) if op.complete.is_some() => {
-                read.insert(v - 1);
-            }
+            Kind::Get(Some(v)) => read.push(v),
+            Kind::Incr(Some(v)) if op.complete.is_some() => read.push(v - 1),
             _ => {}
         }
     }
+    read.sort_unstable();
     let mut known: Vec<&Op> = ops.iter().filter(|o| o.complete.is_some()).collect();
     let mut unknown: Vec<&Op> = ops
         .iter()
         .filter(|o| o.complete.is_none())
         .filter(|o| match o.kind {
             Kind::Get(_) => false,
-            Kind::Set(v) => read.contains(&v),
+            Kind::Set(v) => {
+                let lo = read.partition_point(|&r| r < v);
+                read.get(lo).is_some_and(|&r| r - v <= incrs)
+            }
             Kind::Incr(_) => true,
         })
         .collect();

@@ -95,7 +95,8 @@ impl NodeProcess {
             .args(args)
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
+            // TEST_NODE_RUST_LOG: a more detailed log for a diagnosis (with TEST_NODE_LOG_DIR).
+            .env("RUST_LOG", std::env::var("TEST_NODE_RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
