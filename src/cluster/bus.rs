@@ -33,8 +33,10 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// Requests one node sends another.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum BusRequest {
-    /// Raft log replication and heartbeats.
-    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft log replication and heartbeats, with the log index the leader had applied when it
+    /// sent them (plus one; 0: none): a follower's lease waits until it has applied as much,
+    /// since `leader_commit` of a catch-up batch can stop short of the leader's map.
+    AppendEntries(AppendEntriesRequest<TypeConfig>, u64),
     /// Raft election.
     Vote(VoteRequest<NodeId>),
     /// Raft snapshot transfer, in chunks.

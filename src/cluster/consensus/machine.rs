@@ -5,6 +5,7 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -46,6 +47,8 @@ pub struct GridMachine {
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     path: Arc<PathBuf>,
     cluster: Arc<Cluster>,
+    /// The last applied log index plus one (0: none), for the bus to stamp AppendEntries with.
+    pub applied: Arc<AtomicU64>,
 }
 
 fn io_error(
@@ -75,6 +78,7 @@ impl GridMachine {
             snapshot: Arc::new(Mutex::new(snapshot)),
             path: Arc::new(path),
             cluster,
+            applied: Arc::new(AtomicU64::new(0)),
         };
         machine.publish();
         Ok(machine)
@@ -92,7 +96,11 @@ impl GridMachine {
 
     /// Installs the agreed map in the node's cluster view.
     fn publish(&self) {
-        let map = self.state.lock().grid.as_ref().map(|g| g.map.clone());
+        let (map, applied) = {
+            let state = self.state.lock();
+            (state.grid.as_ref().map(|g| g.map.clone()), state.last_applied.map_or(0, |l| l.index + 1))
+        };
+        self.applied.store(applied, Ordering::Release);
         if let Some(map) = map {
             if let Err(e) = self.cluster.install(map) {
                 // Only a map older than the one in force is refused, and that one came from the
@@ -214,9 +222,12 @@ impl RaftStateMachine<TypeConfig> for GridMachine {
         })
         .await
         .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        let applied = state.last_applied.map_or(0, |l| l.index + 1);
         *self.state.lock() = state;
         if changed {
             self.publish();
+        } else {
+            self.applied.store(applied, Ordering::Release);
         }
         Ok(replies)
     }

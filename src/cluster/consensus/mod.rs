@@ -134,9 +134,15 @@ impl Consensus {
         }
         .validate()
         .context("Raft configuration")?;
-        let raft = Raft::new(me.id, Arc::new(config), network::BusNetwork, log, machine.clone())
-            .await
-            .context("cannot start Raft")?;
+        let raft = Raft::new(
+            me.id,
+            Arc::new(config),
+            network::BusNetwork { applied: machine.applied.clone() },
+            log,
+            machine.clone(),
+        )
+        .await
+        .context("cannot start Raft")?;
         Ok(Arc::new(Consensus {
             raft,
             me,
@@ -517,7 +523,7 @@ impl Consensus {
                                 .counters
                                 .failovers
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tracing::info!(node = %id, epoch = r.data.epoch, "failed over")
+                            tracing::info!(node = %id, epoch = r.data.epoch, log = %r.log_id, "failed over")
                         }
                         Err(e) => tracing::warn!(node = %id, error = %e, "failover not committed"),
                     }
@@ -645,9 +651,13 @@ impl Consensus {
     /// Answers one bus request.
     pub async fn handle(self: &Arc<Self>, request: BusRequest) -> BusResponse {
         match request {
-            BusRequest::AppendEntries(rpc) => {
+            BusRequest::AppendEntries(rpc, leader_applied) => {
                 let received = tokio::time::Instant::now();
-                let leader_commit = rpc.leader_commit.map(|l| l.index);
+                // What the lease waits for: the leader's commit as this message states it, and
+                // everything the leader had applied when it sent it (a failed-over member's
+                // catch-up batches state a commit before its own removal: the simulation's
+                // held-messages scenario lost writes so).
+                let leader_commit = rpc.leader_commit.map(|l| l.index).max(leader_applied.checked_sub(1));
                 let leader = rpc.vote.leader_id().node_id;
                 let r = self.raft.append_entries(rpc).await;
                 if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success)) {
@@ -658,6 +668,7 @@ impl Consensus {
                     let this = self.clone();
                     tokio::spawn(async move {
                         if this.applied_through(leader_commit).await {
+                            tracing::debug!(me = %this.me.id, %leader, ?leader_commit, epoch = this.cluster.view().map.epoch, applied = ?this.raft.metrics().borrow().last_applied, age_ms = received.elapsed().as_millis() as u64, "lease from AppendEntries");
                             this.lease_from_contact(received);
                         }
                     });

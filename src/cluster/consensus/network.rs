@@ -11,25 +11,31 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::TypeConfig;
 use crate::cluster::bus::{BusClient, BusRequest, BusResponse};
 use crate::cluster::node_id::NodeId;
 
 /// Makes a [`PeerLink`] per peer openraft talks to.
-pub struct BusNetwork;
+pub struct BusNetwork {
+    /// This node's applied log index plus one (see [`BusRequest::AppendEntries`]).
+    pub applied: Arc<AtomicU64>,
+}
 
 /// The bus connection to one peer.
 pub struct PeerLink {
     target: NodeId,
     client: BusClient,
+    applied: Arc<AtomicU64>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for BusNetwork {
     type Network = PeerLink;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerLink {
-        PeerLink { target, client: BusClient::new(node.addr.clone()) }
+        PeerLink { target, client: BusClient::new(node.addr.clone()), applied: self.applied.clone() }
     }
 }
 
@@ -80,7 +86,8 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        match self.call(BusRequest::AppendEntries(rpc), &option).await.map_err(transport)? {
+        let applied = self.applied.load(Ordering::Acquire);
+        match self.call(BusRequest::AppendEntries(rpc, applied), &option).await.map_err(transport)? {
             BusResponse::AppendEntries(r) => self.remote(r),
             _ => Err(mismatch()),
         }
