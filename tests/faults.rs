@@ -103,7 +103,7 @@ fn spawn(
     if !extra.iter().any(|a| a == "--cluster-node-timeout") {
         args.extend(["--cluster-node-timeout", &timeout]);
     }
-    args.extend(["--cluster-replication", "sync"]);
+    args.extend(["--cluster-replication", "sync", "--cluster-sync-reads", "yes"]);
     args.extend(["--enable-debug-command", "local"]);
     match seed {
         Some(s) => args.extend(["--join", s]),

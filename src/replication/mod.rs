@@ -108,6 +108,9 @@ pub fn last_read() -> Option<Write> {
 /// case: one lookup per key), cost nothing more.
 pub fn note_reads<'k>(server: &Server, keys: impl Iterator<Item = &'k [u8]>) {
     let Some(r) = server.replication.get() else { return };
+    if !r.sync_reads {
+        return;
+    }
     for key in keys {
         if let Some(read) = r.unacked(key) {
             LAST_READ.with(|w| {
@@ -224,6 +227,8 @@ struct Queues {
     sync_tokens: HashMap<NodeId, u64>,
     /// Per replica, the keys of its batch in flight (out of `pending`, not yet applied).
     in_flight: HashMap<NodeId, std::collections::HashSet<Box<[u8]>>>,
+    /// Per replica, the change number its batch in flight proves applied when answered.
+    in_flight_upto: HashMap<NodeId, u64>,
     /// Per replica, keys it refused since this node's map last changed: reads of them wait
     /// (and time out) as for a change not applied, since the replica does not hold them.
     refused: HashMap<NodeId, std::collections::HashSet<Box<[u8]>>>,
@@ -252,6 +257,8 @@ pub struct Replication {
     default_mode: ReplicationMode,
     /// How long a `sync` write waits for its replicas.
     pub sync_timeout: Duration,
+    /// Whether reads in `sync` key spaces wait for their replicas too (`cluster-sync-reads`).
+    pub sync_reads: bool,
     /// Wakes the sender.
     wake: tokio::sync::Notify,
     /// Per replica, since when it has had changes not yet acknowledged (for `/metrics` and
@@ -284,6 +291,7 @@ impl Replication {
             modes,
             default_mode: config.cluster_replication,
             sync_timeout: Duration::from_millis(config.cluster_replication_timeout),
+            sync_reads: config.cluster_sync_reads,
             wake: tokio::sync::Notify::new(),
             behind_since: Mutex::default(),
         });
@@ -297,6 +305,7 @@ impl Replication {
     fn put_back(&self, replica: NodeId, keys: &[(u64, Box<[u8]>)]) {
         let mut dirty = self.dirty.lock();
         dirty.in_flight.remove(&replica);
+        dirty.in_flight_upto.remove(&replica);
         let set = dirty.pending.entry(replica).or_default();
         for (seq, key) in keys {
             set.insert(key, *seq);
@@ -321,7 +330,7 @@ impl Replication {
     /// number its acknowledgement proves applied: every change for that replica up to it.
     fn take_batches(&self) -> Vec<Batch> {
         let mut dirty = self.dirty.lock();
-        let Queues { seq, pending, owed, sync_tokens, in_flight, .. } = &mut *dirty;
+        let Queues { seq, pending, owed, sync_tokens, in_flight, in_flight_upto, .. } = &mut *dirty;
         let mut out = Vec::new();
         for (node, keys) in pending.iter_mut() {
             let take = keys.take(BATCH_KEYS);
@@ -331,6 +340,7 @@ impl Replication {
             owed.remove(node);
             in_flight.entry(*node).or_default().extend(take.iter().map(|(_, k)| k.clone()));
             let upto = keys.by_seq.first_key_value().map_or(*seq, |(&first, _)| first - 1);
+            in_flight_upto.insert(*node, upto);
             let sync_token = sync_tokens.get(node).copied().unwrap_or(0);
             out.push(Batch { replica: *node, keys: take, upto, remaining: keys.len() as u64, sync_token });
         }
@@ -347,9 +357,19 @@ impl Replication {
     /// numbers; the latest change noted so far bounds what their values carried); caught up
     /// if nothing else is pending. Under the queues' lock, so a reader never finds a key
     /// neither in flight nor pending nor refused before its acknowledgement counts.
-    fn settled(&self, replica: NodeId, upto: u64, refused: Vec<(u64, Box<[u8]>)>) {
+    fn settled(&self, replica: NodeId, upto: u64, refused: Vec<(u64, Box<[u8]>)>, applied: &[Box<[u8]>]) {
         let mut dirty = self.dirty.lock();
         dirty.in_flight.remove(&replica);
+        dirty.in_flight_upto.remove(&replica);
+        // Keys it took now (a full sync or a retry) are no longer refused there.
+        if let Some(set) = dirty.refused.get_mut(&replica) {
+            for k in applied {
+                set.remove(k);
+            }
+            if set.is_empty() {
+                dirty.refused.remove(&replica);
+            }
+        }
         if dirty.pending.get(&replica).is_none_or(|keys| keys.is_empty()) {
             self.behind_since.lock().remove(&replica);
         }
@@ -433,18 +453,26 @@ impl Replication {
         }
         let replicas: Vec<NodeId> = owners.replicas.iter().map(|&r| view.map.node(r).id).collect();
         let dirty = self.dirty.lock();
-        let behind = replicas.iter().any(|r| {
-            dirty.pending.get(r).is_some_and(|p| p.by_key.contains_key(key))
-                || dirty.in_flight.get(r).is_some_and(|f| f.contains(key))
-                || dirty.refused.get(r).is_some_and(|f| f.contains(key))
-        });
-        if !behind {
-            return None;
-        }
+        // The change number whose acknowledgement by a replica proves it holds the key: its
+        // queued change (the batch carrying it sends the value current then), or the answer
+        // to the batch in flight with it. Not the latest change overall: a replica that is
+        // sent nothing else would never prove that, and the read would wait for good.
+        let target = replicas
+            .iter()
+            .filter_map(|r| {
+                let queued = dirty.pending.get(r).and_then(|p| p.by_key.get(key).copied());
+                let flying = dirty
+                    .in_flight
+                    .get(r)
+                    .is_some_and(|f| f.contains(key))
+                    .then(|| dirty.in_flight_upto.get(r).copied().unwrap_or(dirty.seq));
+                queued.max(flying)
+            })
+            .max()?;
         // Every change not yet applied by these replicas is numbered above their watermarks.
         let acked = self.acked.lock();
         let first = replicas.iter().map(|r| acked.get(r).map_or(0, |a| a.upto)).min().unwrap_or(0) + 1;
-        Some(Write { first, seq: dirty.seq, replicas, sync: true })
+        Some(Write { first: first.min(target), seq: target, replicas, sync: true })
     }
 
     /// The replicas WAIT counts for a connection that wrote `wrote`: those of the slots it
@@ -570,7 +598,7 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
         for Batch { replica: node, keys, upto, remaining, sync_token } in batches {
             let Some(ri) = view.map.index_of(&node) else {
                 // No longer a member: nothing to send, and nobody waits for it.
-                r.settled(node, upto, Vec::new());
+                r.settled(node, upto, Vec::new(), &[]);
                 continue;
             };
             let info = view.map.node(ri).clone();
@@ -602,16 +630,31 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
                         .counters
                         .keys_replicated_out
                         .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-                    let mut keys = keys;
-                    let refused: Vec<(u64, Box<[u8]>)> = answer
-                        .refused
-                        .iter()
-                        .filter_map(|&i| keys.get_mut(i as usize).map(std::mem::take))
-                        .collect();
+                    let refused_at: std::collections::HashSet<usize> =
+                        answer.refused.iter().map(|&i| i as usize).collect();
+                    let (refused, applied): (Vec<_>, Vec<_>) =
+                        keys.into_iter().enumerate().partition(|(i, _)| refused_at.contains(i));
+                    let refused: Vec<(u64, Box<[u8]>)> = refused.into_iter().map(|(_, k)| k).collect();
+                    let applied: Vec<Box<[u8]>> = applied.into_iter().map(|(_, (_, k))| k).collect();
                     if !refused.is_empty() {
                         tracing::debug!(replica = %node, refused = refused.len(), "replica refused keys of slots it does not replicate for this node");
                     }
-                    r.settled(node, upto, refused);
+                    // Keys refused while this node's latest map still names the replica for
+                    // their slots go again (its map was behind or a slot not yet ready there):
+                    // otherwise it would lack them, and reads of them would wait for good.
+                    let fresh = r.cluster.view();
+                    let retry: Vec<(u64, Box<[u8]>)> = match fresh.map.index_of(&node) {
+                        Some(ri) => refused
+                            .iter()
+                            .filter(|(_, k)| replicates(&fresh.map, me, ri, key_slot(k)))
+                            .cloned()
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    r.settled(node, upto, refused, &applied);
+                    if !retry.is_empty() {
+                        r.put_back(node, &retry);
+                    }
                     more = true
                 }
                 other => {
