@@ -331,7 +331,10 @@ pub(crate) fn pairs(v: redis::Value) -> Result<Vec<(String, bytes::Bytes)>, Grid
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         match (k, v) {
             (Value::BulkString(k), Value::BulkString(v)) => {
-                out.push((String::from_utf8_lossy(&k).into_owned(), bytes::Bytes::from(v)))
+                // The field name moves into the string unless it is not UTF-8.
+                let k = String::from_utf8(k)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                out.push((k, bytes::Bytes::from(v)))
             }
             other => return Err(GridError::Protocol(format!("HGETALL pair {other:?}"))),
         }

@@ -24,11 +24,25 @@ impl SessionId {
         }
         u128::from_str_radix(s, 16).ok().map(SessionId)
     }
+
+    /// The cookie form, 32 lowercase hex digits, without the formatting machinery (it is
+    /// written twice per request, into the grid key).
+    pub(crate) fn hex(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, b) in self.0.to_be_bytes().iter().enumerate() {
+            out[2 * i] = DIGITS[(b >> 4) as usize];
+            out[2 * i + 1] = DIGITS[(b & 15) as usize];
+        }
+        out
+    }
 }
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        let hex = self.hex();
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -51,5 +65,7 @@ mod tests {
             assert_eq!(SessionId::parse(bad), None, "{bad}");
         }
         assert_ne!(SessionId::random(), SessionId::random());
+        assert_eq!(SessionId(0xab).to_string(), format!("{:032x}", 0xab));
+        assert_eq!(SessionId(u128::MAX - 1).to_string(), format!("{:032x}", u128::MAX - 1));
     }
 }

@@ -129,8 +129,8 @@ fn cookie_id<B>(req: &Request<B>, config: &SessionConfig) -> Option<SessionId> {
             if c.name() != config.cookie_name {
                 continue;
             }
-            let value = if config.signing_keys.is_empty() {
-                Some(c.value().to_owned())
+            let id = if config.signing_keys.is_empty() {
+                SessionId::parse(c.value())
             } else {
                 let mut jar = CookieJar::new();
                 jar.add_original(c.into_owned());
@@ -138,9 +138,9 @@ fn cookie_id<B>(req: &Request<B>, config: &SessionConfig) -> Option<SessionId> {
                     .signing_keys
                     .iter()
                     .find_map(|k| jar.signed(k).get(&config.cookie_name))
-                    .map(|c| c.value().to_owned())
+                    .and_then(|c| SessionId::parse(c.value()))
             };
-            if let Some(id) = value.as_deref().and_then(SessionId::parse) {
+            if let Some(id) = id {
                 return Some(id);
             }
         }

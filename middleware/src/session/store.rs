@@ -70,7 +70,17 @@ struct GridStore {
 }
 
 impl GridStore {
-    fn key(&self, id: &impl std::fmt::Display) -> String {
+    fn key(&self, id: &SessionId) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 34);
+        key.push_str(&self.prefix);
+        key.push('{');
+        key.push_str(std::str::from_utf8(&id.hex()).unwrap_or_default());
+        key.push('}');
+        key
+    }
+
+    /// The key of a tower-sessions record.
+    fn tower_key(&self, id: &impl std::fmt::Display) -> String {
         format!("{}{{{}}}", self.prefix, id)
     }
 
@@ -131,8 +141,11 @@ impl GridStore {
         Ok(())
     }
 
-    async fn delete(&self, id: &impl std::fmt::Display) -> Result<(), GridError> {
-        let key = self.key(id);
+    async fn delete(&self, id: &SessionId) -> Result<(), GridError> {
+        self.delete_key(self.key(id)).await
+    }
+
+    async fn delete_key(&self, key: String) -> Result<(), GridError> {
         let r = self.grid.query(redis::cmd("DEL").arg(&key)).await.map(|_| ());
         self.grid.forget(&key).await;
         r
@@ -240,7 +253,7 @@ macro_rules! stores {
                 tower::load(&self.0, id).await
             }
             async fn delete(&self, id: &tower_sessions_core::session::Id) -> tower_sessions_core::session_store::Result<()> {
-                self.0.delete(id).await.map_err(tower::backend)
+                self.0.delete_key(self.0.tower_key(id)).await.map_err(tower::backend)
             }
         }
     )*};
@@ -264,7 +277,7 @@ mod tower {
     }
 
     pub(super) async fn save(store: &GridStore, r: &Record) -> Result<()> {
-        let key = store.key(&r.id);
+        let key = store.tower_key(&r.id);
         let at = (r.expiry_date.unix_timestamp_nanos() / 1_000_000).max(1) as u64;
         let mut hset = redis::cmd("HSET");
         hset.arg(&key).arg(EXPIRY).arg(at);
@@ -280,7 +293,7 @@ mod tower {
     }
 
     pub(super) async fn load(store: &GridStore, id: &Id) -> Result<Option<Record>> {
-        let fields = store.grid.hgetall(&store.key(id)).await.map_err(backend)?;
+        let fields = store.grid.hgetall(&store.tower_key(id)).await.map_err(backend)?;
         if fields.is_empty() {
             return Ok(None);
         }
