@@ -102,6 +102,10 @@ fn wait_until_settled(members: &[&Member], known: usize) -> ClusterView {
                 && v.slots_moving == 0
                 && v.epoch == views[0].epoch
                 && v.nodes.iter().all(|n| n.reachable && n.ready)
+                // A replica placement dropped stays listed until its successor's full sync is
+                // committed as done (make-before-break): R = 1 settles at one per slot.
+                && v.nodes.iter().map(|n| n.replica_slot_count()).sum::<u32>()
+                    <= v.nodes.iter().map(|n| n.slot_count()).sum::<u32>()
         });
         if settled {
             return views.into_iter().next().unwrap();
