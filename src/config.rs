@@ -129,11 +129,6 @@ pub struct Config {
     /// Milliseconds a `sync` write waits for its replicas; past it the client is told the
     /// write is applied on the primary but its outcome unknown.
     pub cluster_replication_timeout: u64,
-    /// Reads of keys in `sync` key spaces wait until every replica of the slot holds the key's
-    /// latest change (no value a failover could lose is read; `-TIMEOUT` past
-    /// `cluster-replication-timeout`). Off by default: the simulation's partition scenario
-    /// found a replica queue that does not drain after a partition, and such reads time out.
-    pub cluster_sync_reads: bool,
     /// Refuse non-loopback clients while the `default` user has no password
     /// (`protected-mode`, on by default as in Redis).
     pub protected_mode: bool,
@@ -210,7 +205,6 @@ impl Default for Config {
             cluster_node_timeout: 1000,
             cluster_replication: ReplicationMode::Async,
             cluster_replication_timeout: 1000,
-            cluster_sync_reads: false,
             protected_mode: true,
             acl: Vec::new(),
             tls_port: None,

@@ -202,15 +202,6 @@ struct NodeArgs {
     #[arg(long = "cluster-replication")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-replication")]
     cluster_replication: Option<String>,
-    /// `yes` or `no` (default): reads in `sync` key spaces wait until every replica holds the
-    /// key's latest change.
-    #[arg(long = "cluster-sync-reads", value_parser = ["yes", "no"])]
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        rename = "cluster-sync-reads",
-        serialize_with = "ser_yes_no"
-    )]
-    cluster_sync_reads: Option<String>,
     /// Who may run DEBUG (fault injection): no (default), yes, or local (loopback clients).
     #[arg(long = "enable-debug-command", value_parser = ["no", "yes", "local"])]
     #[serde(skip_serializing_if = "Option::is_none", rename = "enable-debug-command")]

@@ -90,8 +90,6 @@ pub enum BusResponse {
     Membership(Result<u64, String>),
     /// To a binary import batch: keys stored, or why they were refused.
     Imported(Result<usize, String>),
-    /// To a replication batch: what the replica applied and refused, or why it took nothing.
-    Replicated(Result<crate::replication::BatchAnswer, String>),
     /// To [`BusRequest::Ping`].
     Pong,
     /// To [`BusRequest::Status`]: the node's own status; None while its admin port is not up.
@@ -343,7 +341,7 @@ async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(migration::DataRequest::Replicate { from, epoch, remaining, sync_token, entries }) => {
                     let from = crate::cluster::NodeId(from);
                     let sync = crate::replication::SyncProgress { token: sync_token, remaining };
-                    BusResponse::Replicated(crate::replication::apply(&server, from, epoch, sync, entries))
+                    BusResponse::Imported(crate::replication::apply(&server, from, epoch, sync, entries))
                 }
                 Ok(migration::DataRequest::SyncMe { replica, epoch, token }) => {
                     let replica = crate::cluster::NodeId(replica);

@@ -385,24 +385,14 @@ pub fn run(server: &Arc<Server>, client: &mut ClientState, spec: &CommandSpec, a
             return redirect;
         }
     }
-    // Sync replication: what the command read may not be on every replica yet (noted under
-    // the key locks, before a later change could hide it).
-    let keys = || spec.keys.positions(args.len()).map(|i| &args[i][..]);
     if !server.tracking.is_active() && !client.tracking.caching_given {
         let mut ctx = Ctx { db: &mut db, client, server };
-        let reply = (spec.handler)(&mut ctx, args);
-        if matches!(spec.keys, Keys::Range { .. }) {
-            crate::replication::note_reads(server, keys());
-        }
-        return reply;
+        return (spec.handler)(&mut ctx, args);
     }
     // Tracking: the writer's id for NOLOOP, and what it read, recorded under the key locks.
     let _current = crate::server::tracking::CurrentClient::enter(client.id());
     let mut ctx = Ctx { db: &mut db, client, server };
     let reply = (spec.handler)(&mut ctx, args);
-    if matches!(spec.keys, Keys::Range { .. }) {
-        crate::replication::note_reads(server, keys());
-    }
     let id = client.id();
     crate::server::tracking::after_command(&server.tracking, &mut client.tracking, id, spec, args);
     reply

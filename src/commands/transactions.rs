@@ -178,14 +178,6 @@ pub fn exec(server: &Arc<Server>, client: &mut ClientState) -> Reply {
         }
     }
     client.in_exec = false;
-    // Sync replication: reads of changes not on every replica yet hold EXEC's reply too.
-    crate::replication::note_reads(
-        server,
-        queued
-            .iter()
-            .filter(|q| matches!(q.spec.keys, Keys::Range { .. }))
-            .flat_map(|q| q.spec.keys.positions(q.args.len()).map(move |i| &q.args[i][..])),
-    );
     drop(db);
     unwatch_all(server, client);
     Reply::Array(replies)

@@ -207,21 +207,12 @@ async fn replicated(server: &Server, client: &mut ClientState, reply: Reply) -> 
         return reply;
     };
     let mut reply = reply;
-    let read = crate::replication::last_read();
     if let Some(w) = crate::replication::last_write() {
         client.wrote.seq = w.seq;
         client.wrote.add_replicas(&w.replicas);
         if w.sync && !reply.is_error() {
             let need = w.replicas.len();
-            // What the command read waits too (its own change is the latest, so mostly covered).
-            let first = read.as_ref().map_or(w.first, |r| r.first.min(w.first));
-            let mut replicas = w.replicas.clone();
-            if let Some(read) = &read {
-                replicas.retain(|n| !read.replicas.contains(n));
-                replicas.extend(&read.replicas);
-            }
-            let need = need.max(replicas.len());
-            if r.wait_for_changes(first, w.seq, &replicas, need, Some(r.sync_timeout)).await < need {
+            if r.wait_for(w.seq, &w.replicas, need, Some(r.sync_timeout)).await < need {
                 reply = Reply::error(format!(
                     "TIMEOUT the write is applied on this primary but not every replica confirmed it within {} ms: its outcome is unknown",
                     r.sync_timeout.as_millis()
@@ -229,16 +220,6 @@ async fn replicated(server: &Server, client: &mut ClientState, reply: Reply) -> 
             } else {
                 crate::faults::point("replication-acked-before-reply");
             }
-        }
-    } else if let Some(read) = read.filter(|_| !reply.is_error()) {
-        // A read of a change not every replica holds yet (a `sync` key space): answered only
-        // once they do, or the value could vanish in a failover (a dirty read).
-        let need = read.replicas.len();
-        if r.wait_for_changes(read.first, read.seq, &read.replicas, need, Some(r.sync_timeout)).await < need {
-            reply = Reply::error(format!(
-                "TIMEOUT the key's latest change is not confirmed by every replica within {} ms: nothing was read or changed, retry",
-                r.sync_timeout.as_millis()
-            ));
         }
     }
     if let Some((need, timeout_ms)) = client.pending_wait.take() {
