@@ -30,13 +30,26 @@ use super::slotmap::NodeInfo;
 /// hostile peer cannot make a node allocate without bound.
 pub const MAX_FRAME: usize = 64 << 20;
 
+/// What a leader adds to its AppendEntries for the follower's lease.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Stamp {
+    /// The log index the leader had applied when it sent them (plus one; 0: none): a
+    /// follower's lease waits until it has applied as much, since `leader_commit` of a
+    /// catch-up batch can stop short of the leader's map.
+    pub applied: u64,
+    /// The leader process's random start id: its clock readings compare only with its own.
+    pub boot: u64,
+    /// When the leader sent them, in microseconds of its monotonic clock since it started: the
+    /// follower ages the message by how much longer it took than the fastest recent one, so a
+    /// message held up in the network extends no lease from its late arrival.
+    pub sent_us: u64,
+}
+
 /// Requests one node sends another.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum BusRequest {
-    /// Raft log replication and heartbeats, with the log index the leader had applied when it
-    /// sent them (plus one; 0: none): a follower's lease waits until it has applied as much,
-    /// since `leader_commit` of a catch-up batch can stop short of the leader's map.
-    AppendEntries(AppendEntriesRequest<TypeConfig>, u64),
+    /// Raft log replication and heartbeats, with the leader's stamp (see [`Stamp`]).
+    AppendEntries(AppendEntriesRequest<TypeConfig>, Stamp),
     /// Raft election.
     Vote(VoteRequest<NodeId>),
     /// Raft snapshot transfer, in chunks.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use openraft::{BasicNode, ChangeMembers, Raft, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
-use super::bus::{BusClient, BusRequest, BusResponse};
+use super::bus::{BusClient, BusRequest, BusResponse, Stamp};
 use super::membership::{GridCommand, GridState};
 use super::node_id::NodeId;
 use super::slotmap::NodeInfo;
@@ -76,6 +76,43 @@ pub struct Consensus {
     /// The leader this node last accepted AppendEntries from, and when: a new leader starts
     /// the old one's failure clock there, not at its own election (see `detect_failures`).
     leader_contact: parking_lot::Mutex<Option<(NodeId, tokio::time::Instant)>>,
+    /// This process's random start id and start time, stamped on its AppendEntries.
+    boot: (u64, tokio::time::Instant),
+    /// Per leader process, the smallest recent send-to-receive delay seen (see [`Delays`]).
+    delays: parking_lot::Mutex<HashMap<u64, Delays>>,
+}
+
+/// The fastest recent deliveries from one leader process, in microseconds of "our clock minus
+/// its clock" (the clocks' offset plus the network delay): a message that took longer than
+/// that was held up for the difference. Two windows of [`Delays::WINDOW_US`], so monotonic
+/// clocks drifting apart never count for more than 20 s, and a long hold keeps the window
+/// from before it.
+#[derive(Debug, Clone, Copy)]
+struct Delays {
+    started_us: i128,
+    current: i128,
+    previous: Option<i128>,
+}
+
+impl Delays {
+    const WINDOW_US: i128 = 10_000_000;
+
+    fn new(now_us: i128, delay: i128) -> Delays {
+        Delays { started_us: now_us, current: delay, previous: None }
+    }
+
+    /// Notes a message that took `delay` and returns how much longer than the fastest it took.
+    fn age(&mut self, now_us: i128, delay: i128) -> i128 {
+        if now_us - self.started_us > Self::WINDOW_US {
+            self.previous = Some(self.current);
+            self.current = delay;
+            self.started_us = now_us;
+        } else {
+            self.current = self.current.min(delay);
+        }
+        let fastest = self.previous.map_or(self.current, |p| p.min(self.current));
+        (delay - fastest).max(0)
+    }
 }
 
 /// The bus address of a node.
@@ -134,10 +171,11 @@ impl Consensus {
         }
         .validate()
         .context("Raft configuration")?;
+        let boot = (rand::random::<u64>(), tokio::time::Instant::now());
         let raft = Raft::new(
             me.id,
             Arc::new(config),
-            network::BusNetwork { applied: machine.applied.clone() },
+            network::BusNetwork { applied: machine.applied.clone(), boot },
             log,
             machine.clone(),
         )
@@ -153,6 +191,8 @@ impl Consensus {
             lease,
             watchdog: parking_lot::Mutex::new((tokio::time::Instant::now(), None)),
             leader_contact: parking_lot::Mutex::new(None),
+            boot,
+            delays: parking_lot::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -394,7 +434,7 @@ impl Consensus {
     /// process was just paused (SIGSTOP, a stalled VM): requests the kernel buffered during
     /// the pause are read first on resuming and may come from a leader that has since failed
     /// this node over, so for one lease after a pause no request extends it.
-    fn lease_from_contact(&self, received: tokio::time::Instant) {
+    fn lease_from_contact(&self, received: tokio::time::Instant, sent: tokio::time::Instant) {
         let mut w = self.watchdog.lock();
         let (last_tick, quiet_until) = *w;
         if received.saturating_duration_since(last_tick) > self.lease / 2 {
@@ -404,7 +444,26 @@ impl Consensus {
         if quiet_until.is_some_and(|q| received < q) {
             return;
         }
-        self.cluster.extend_lease(received + self.lease);
+        self.cluster.extend_lease(sent + self.lease);
+    }
+
+    /// When, on this node's clock, the leader sent a message received at `received`: its
+    /// arrival less how much longer it took than the fastest recent one from that leader.
+    fn sent_at(&self, stamp: &Stamp, received: tokio::time::Instant) -> tokio::time::Instant {
+        let now_us = received.saturating_duration_since(self.boot.1).as_micros() as i128;
+        let delay = now_us - stamp.sent_us as i128;
+        let mut delays = self.delays.lock();
+        let age = match delays.get_mut(&stamp.boot) {
+            Some(d) => d.age(now_us, delay),
+            None => {
+                delays.insert(stamp.boot, Delays::new(now_us, delay));
+                0
+            }
+        };
+        if delays.len() > 64 {
+            delays.retain(|_, d| now_us - d.started_us < 2 * Delays::WINDOW_US);
+        }
+        received.checked_sub(Duration::from_micros(age as u64)).unwrap_or(received)
     }
 
     /// Keeps this node's lease, every 50 ms: it applies once the grid has several members; a
@@ -651,8 +710,10 @@ impl Consensus {
     /// Answers one bus request.
     pub async fn handle(self: &Arc<Self>, request: BusRequest) -> BusResponse {
         match request {
-            BusRequest::AppendEntries(rpc, leader_applied) => {
+            BusRequest::AppendEntries(rpc, stamp) => {
                 let received = tokio::time::Instant::now();
+                let sent = self.sent_at(&stamp, received);
+                let leader_applied = stamp.applied;
                 // What the lease waits for: the leader's commit as this message states it, and
                 // everything the leader had applied when it sent it (a failed-over member's
                 // catch-up batches state a commit before its own removal: the simulation's
@@ -669,7 +730,7 @@ impl Consensus {
                     tokio::spawn(async move {
                         if this.applied_through(leader_commit).await {
                             tracing::debug!(me = %this.me.id, %leader, ?leader_commit, epoch = this.cluster.view().map.epoch, applied = ?this.raft.metrics().borrow().last_applied, age_ms = received.elapsed().as_millis() as u64, "lease from AppendEntries");
-                            this.lease_from_contact(received);
+                            this.lease_from_contact(received, sent);
                         }
                     });
                 }

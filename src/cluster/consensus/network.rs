@@ -15,13 +15,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::TypeConfig;
-use crate::cluster::bus::{BusClient, BusRequest, BusResponse};
+use crate::cluster::bus::{BusClient, BusRequest, BusResponse, Stamp};
 use crate::cluster::node_id::NodeId;
 
 /// Makes a [`PeerLink`] per peer openraft talks to.
 pub struct BusNetwork {
-    /// This node's applied log index plus one (see [`BusRequest::AppendEntries`]).
+    /// This node's applied log index plus one (see [`Stamp`]).
     pub applied: Arc<AtomicU64>,
+    /// This process's random start id and start time (see [`Stamp`]).
+    pub boot: (u64, tokio::time::Instant),
 }
 
 /// The bus connection to one peer.
@@ -29,13 +31,19 @@ pub struct PeerLink {
     target: NodeId,
     client: BusClient,
     applied: Arc<AtomicU64>,
+    boot: (u64, tokio::time::Instant),
 }
 
 impl RaftNetworkFactory<TypeConfig> for BusNetwork {
     type Network = PeerLink;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerLink {
-        PeerLink { target, client: BusClient::new(node.addr.clone()), applied: self.applied.clone() }
+        PeerLink {
+            target,
+            client: BusClient::new(node.addr.clone()),
+            applied: self.applied.clone(),
+            boot: self.boot,
+        }
     }
 }
 
@@ -86,8 +94,12 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let applied = self.applied.load(Ordering::Acquire);
-        match self.call(BusRequest::AppendEntries(rpc, applied), &option).await.map_err(transport)? {
+        let stamp = Stamp {
+            applied: self.applied.load(Ordering::Acquire),
+            boot: self.boot.0,
+            sent_us: self.boot.1.elapsed().as_micros() as u64,
+        };
+        match self.call(BusRequest::AppendEntries(rpc, stamp), &option).await.map_err(transport)? {
             BusResponse::AppendEntries(r) => self.remote(r),
             _ => Err(mismatch()),
         }
