@@ -198,12 +198,10 @@ impl RaftStateMachine<TypeConfig> for GridMachine {
             }
             replies.push(GridResponse { epoch: state.grid.as_ref().map_or(0, |g| g.map.epoch) });
         }
-        let applied = state.last_applied.map_or(0, |l| l.index + 1);
+        self.applied.store(state.last_applied.map_or(0, |l| l.index + 1), Ordering::Release);
         drop(state);
         if changed {
             self.publish();
-        } else {
-            self.applied.store(applied, Ordering::Release);
         }
         Ok(replies)
     }

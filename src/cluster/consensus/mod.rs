@@ -453,13 +453,7 @@ impl Consensus {
         let now_us = received.saturating_duration_since(self.boot.1).as_micros() as i128;
         let delay = now_us - stamp.sent_us as i128;
         let mut delays = self.delays.lock();
-        let age = match delays.get_mut(&stamp.boot) {
-            Some(d) => d.age(now_us, delay),
-            None => {
-                delays.insert(stamp.boot, Delays::new(now_us, delay));
-                0
-            }
-        };
+        let age = delays.entry(stamp.boot).or_insert_with(|| Delays::new(now_us, delay)).age(now_us, delay);
         if delays.len() > 64 {
             delays.retain(|_, d| now_us - d.started_us < 2 * Delays::WINDOW_US);
         }
@@ -713,12 +707,11 @@ impl Consensus {
             BusRequest::AppendEntries(rpc, stamp) => {
                 let received = tokio::time::Instant::now();
                 let sent = self.sent_at(&stamp, received);
-                let leader_applied = stamp.applied;
                 // What the lease waits for: the leader's commit as this message states it, and
                 // everything the leader had applied when it sent it (a failed-over member's
                 // catch-up batches state a commit before its own removal: the simulation's
                 // held-messages scenario lost writes so).
-                let leader_commit = rpc.leader_commit.map(|l| l.index).max(leader_applied.checked_sub(1));
+                let leader_commit = rpc.leader_commit.map(|l| l.index).max(stamp.applied.checked_sub(1));
                 let leader = rpc.vote.leader_id().node_id;
                 let r = self.raft.append_entries(rpc).await;
                 if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success)) {
@@ -729,7 +722,7 @@ impl Consensus {
                     let this = self.clone();
                     tokio::spawn(async move {
                         if this.applied_through(leader_commit).await {
-                            tracing::debug!(me = %this.me.id, %leader, ?leader_commit, epoch = this.cluster.view().map.epoch, applied = ?this.raft.metrics().borrow().last_applied, age_ms = received.elapsed().as_millis() as u64, "lease from AppendEntries");
+                            tracing::debug!(me = %this.me.id, %leader, ?leader_commit, epoch = this.cluster.view().map.epoch, applied = ?this.raft.metrics().borrow().last_applied, held_ms = (received - sent).as_millis() as u64, "lease from AppendEntries");
                             this.lease_from_contact(received, sent);
                         }
                     });
