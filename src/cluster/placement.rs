@@ -11,8 +11,8 @@
 //!    so "one slot-group above the mean" is one slot above it.
 //! 4. Minimal movement: what can stay where it was does (a primary keeps its slots up to its
 //!    share; a replica keeps its copy unless it is over its share), a lost primary is replaced
-//!    by one of its replicas when that is balanced, and new copies go first to nodes below
-//!    their share. A join moves about 1/N of the slots, a leave only what the leaver held.
+//!    by one of its replicas when that is balanced (first one whose promotion leaves the other
+//!    copies valid replicas), and new copies go first to nodes below their share. A join moves about 1/N of the slots, a leave only what the leaver held.
 //! 5. Slots with the same owners are kept contiguous, so CLUSTER SLOTS stays short.
 
 use std::collections::BTreeMap;
@@ -73,8 +73,8 @@ pub fn place(members: &[Member], replicas: usize, previous: &[SlotAssignment]) -
         })
         .collect();
 
-    let primary = place_primaries(n, &zone, &prev_primary, &prev_replicas);
     let r = replicas.min(n - 1);
+    let primary = place_primaries(n, r, &zone, &zone_size, &prev_primary, &prev_replicas);
     let replica_sets = if r == 0 {
         vec![Vec::new(); SLOT_COUNT]
     } else {
@@ -134,7 +134,9 @@ fn shares_by_zone(total: usize, n: usize, holding: &[usize], zone: &[usize]) -> 
 
 fn place_primaries(
     n: usize,
+    r: usize,
     zone: &[usize],
+    zone_size: &[usize],
     prev_primary: &[usize],
     prev_replicas: &[Vec<usize>],
 ) -> Vec<usize> {
@@ -152,16 +154,26 @@ fn place_primaries(
             count[p] += 1;
         }
     }
-    // Promote a replica below its share: it already holds the data.
-    for s in 0..SLOT_COUNT {
-        if primary[s] == NONE {
-            if let Some(&r) = prev_replicas[s]
-                .iter()
-                .filter(|&&r| count[r] < target[r])
-                .max_by_key(|&&r| (target[r] - count[r], std::cmp::Reverse(r)))
-            {
-                primary[s] = r;
-                count[r] += 1;
+    // Promote a replica below its share: it already holds the data. First the promotions that
+    // leave every other copy a valid replica of the new primary (a copy in the new primary's
+    // zone must be replaced when other zones have room), then any.
+    let keeps_copies = |s: usize, x: usize| {
+        let others = n - zone_size[zone[x]];
+        let same_zone_allowed = r - r.min(others);
+        let same = prev_replicas[s].iter().filter(|&&y| y != x && zone[y] == zone[x]).count();
+        same <= same_zone_allowed
+    };
+    for clean_only in [true, false] {
+        for s in 0..SLOT_COUNT {
+            if primary[s] == NONE {
+                if let Some(&x) = prev_replicas[s]
+                    .iter()
+                    .filter(|&&x| count[x] < target[x] && (!clean_only || keeps_copies(s, x)))
+                    .max_by_key(|&&x| (target[x] - count[x], std::cmp::Reverse(x)))
+                {
+                    primary[s] = x;
+                    count[x] += 1;
+                }
             }
         }
     }
