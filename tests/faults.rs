@@ -8,119 +8,36 @@
 //! here) is the long run scripts/chaos.sh drives.
 
 mod common;
+#[path = "common/grid.rs"]
+mod grid;
 #[path = "common/linearizability.rs"]
 mod linearizability;
 #[path = "common/workload.rs"]
 mod workload;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, NodeProcess};
+use grid::{wait_for_agreement, wait_for_rebalance_and_sync, Member, MemberOptions};
 use workload::Workload;
 
-/// Failover timeout of the test grids: well above a loaded two-core machine's hiccups.
-const FAILOVER_TIMEOUT_MS: u32 = 3000;
-
-/// One grid member: its process, data directory, ports and how it was started.
-struct Member {
-    process: NodeProcess,
-    dir: tempfile::TempDir,
-    bus: u16,
-    admin: u16,
-    zone: &'static str,
-    env: Vec<(String, String)>,
-    args: Vec<String>,
+/// The suite's members: sync replication, DEBUG on (bus faults and failpoints).
+fn options() -> MemberOptions {
+    MemberOptions::sync().args(&["--enable-debug-command", "local"])
 }
 
-impl Member {
-    /// Starts a member in `zone` (sync replication, DEBUG on); `seed` to join, None to bootstrap.
-    fn start(zone: &'static str, seed: Option<&Member>) -> Member {
-        Member::start_with_env(zone, seed, &[])
-    }
-
-    /// As `start`, with environment variables for the process (libfaketime's, FAILPOINTS).
-    fn start_with_env(zone: &'static str, seed: Option<&Member>, env: &[(&str, &str)]) -> Member {
-        Member::start_with(zone, seed, env, &[])
-    }
-
-    /// As `start_with_env`, with more command-line options (`--cluster-node-timeout` replaces
-    /// the suite's).
-    fn start_with(zone: &'static str, seed: Option<&Member>, env: &[(&str, &str)], args: &[&str]) -> Member {
-        let dir = tempfile::tempdir().unwrap();
-        let (bus, admin) = (free_port(), free_port());
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let process = spawn(dir.path(), zone, bus, admin, seed.map(Member::seed).as_deref(), &env, &args);
-        Member { process, dir, bus, admin, zone, env, args }
-    }
-
-    /// How another node names this one in `--join`.
-    fn seed(&self) -> String {
-        format!("{}@{}", self.process.addr, self.bus)
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.process.addr
-    }
-
-    /// The bus address, as `DEBUG BUS-DROP` takes it.
-    fn bus_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.bus)
-    }
-
-    /// Runs a command on this member and returns the reply as text.
-    fn cmd(&self, args: &[&str]) -> String {
-        self.process.raw().cmd_str(args)
-    }
-
-    /// Starts the process again on the same directory and ports, no seed (after a crash).
-    fn restart(&mut self) {
-        let _ = self.process.child.kill();
-        let _ = self.process.child.wait();
-        self.process = spawn(self.dir.path(), self.zone, self.bus, self.admin, None, &self.env, &self.args);
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.process.child.id().to_string();
-        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
-    }
-}
-
-fn spawn(
-    dir: &std::path::Path,
-    zone: &str,
-    bus: u16,
-    admin: u16,
-    seed: Option<&str>,
-    env: &[(String, String)],
-    extra: &[String],
-) -> NodeProcess {
-    let (dir, bus, admin) = (dir.to_str().unwrap(), bus.to_string(), admin.to_string());
-    let timeout = FAILOVER_TIMEOUT_MS.to_string();
-    let mut args = vec!["--dir", dir, "--zone", zone, "--cluster-port", &bus, "--admin-port", &admin];
-    if !extra.iter().any(|a| a == "--cluster-node-timeout") {
-        args.extend(["--cluster-node-timeout", &timeout]);
-    }
-    args.extend(["--cluster-replication", "sync"]);
-    args.extend(["--enable-debug-command", "local"]);
-    match seed {
-        Some(s) => args.extend(["--join", s]),
-        None => args.extend(["--cluster-enabled", "true"]),
-    }
-    args.extend(extra.iter().map(String::as_str));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    NodeProcess::spawn_with_env(&args, &env)
+/// Starts a member with the suite's options; `seed` to join, None to bootstrap.
+fn start(zone: &'static str, seed: Option<&Member>) -> Member {
+    Member::start_with(zone, seed, options())
 }
 
 /// Three members in three zones, settled.
 fn grid_of_three() -> Vec<Member> {
-    let a = Member::start("zone-a", None);
-    let b = Member::start("zone-b", Some(&a));
-    let c = Member::start("zone-c", Some(&a));
+    let a = start("zone-a", None);
+    let b = start("zone-b", Some(&a));
+    let c = start("zone-c", Some(&a));
     let members = vec![a, b, c];
-    wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 3);
+    wait_for_rebalance_and_sync(&members.iter().collect::<Vec<_>>(), 3);
     members
 }
 
@@ -145,78 +62,6 @@ fn heal(members: &[&Member]) {
     for m in members {
         assert_eq!(m.cmd(&["DEBUG", "BUS-HEAL"]), "+OK\r\n");
     }
-}
-
-/// Waits until every member reports `known` nodes and the same agreed epoch and slot layout.
-fn wait_for_agreement(members: &[&Member], known: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let infos: Vec<String> = members.iter().map(|m| m.cmd(&["CLUSTER", "INFO"])).collect();
-        let slots: Vec<String> = members.iter().map(|m| m.cmd(&["CLUSTER", "SLOTS"])).collect();
-        let want = format!("cluster_known_nodes:{known}\r\n");
-        let epoch =
-            |i: &String| i.lines().find(|l| l.starts_with("cluster_current_epoch")).map(str::to_owned);
-        let agreed = |i: &String| !i.contains("cluster_current_epoch:0\r\n");
-        if infos.iter().all(|i| i.contains(&want) && i.contains("cluster_state:ok") && agreed(i))
-            && infos.iter().all(|i| epoch(i) == epoch(&infos[0]))
-            && slots.iter().all(|s| s == &slots[0])
-        {
-            return slots[0].clone();
-        }
-        assert!(Instant::now() < deadline, "no agreement on {known} nodes: {infos:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Waits until no member has slots left to move, all agree (on `known` nodes), and every
-/// member is ready (`/ready`: its replicas' full syncs done). The next fault comes only then:
-/// with one replica per slot, a second failure before a replacement replica has caught up
-/// loses what only the second victim held (README), which is not what these tests measure.
-fn wait_for_rebalance(members: &[&Member], known: usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let moving: Vec<String> = members.iter().map(|m| admin_get(m, "/cluster/moving")).collect();
-        if moving.iter().all(|t| t.contains("slots_leaving 0 ")) {
-            wait_for_agreement(members, known);
-            let again: Vec<String> = members.iter().map(|m| admin_get(m, "/cluster/moving")).collect();
-            let ready = members.iter().all(|m| admin_get(m, "/ready") == "ready\n");
-            if ready
-                && again.iter().all(|t| t.contains("slots_leaving 0 "))
-                && again.windows(2).all(|w| w[0] == w[1])
-            {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "slots still moving: {moving:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn admin_get(m: &Member, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", m.admin)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
-}
-
-/// Slots `m` is primary of, from its CLUSTER NODES line.
-fn primaries(m: &Member) -> usize {
-    let nodes = m.cmd(&["CLUSTER", "NODES"]);
-    nodes
-        .lines()
-        .find(|l| l.contains("myself") && l.contains("master"))
-        .map(|l| {
-            l.split_whitespace()
-                .skip(8)
-                .filter_map(|r| match r.split_once('-') {
-                    Some((a, b)) => Some(b.parse::<usize>().ok()? - a.parse::<usize>().ok()? + 1),
-                    None => r.parse::<usize>().ok().map(|_| 1),
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// A key `m` is the primary of now (it answers a write to it itself).
@@ -283,7 +128,7 @@ async fn a_node_cut_off_from_the_rest_loses_its_slots_stops_acknowledging_and_re
     blocking(|| heal(&[&members[0], &members[1], &members[2]]));
     w.mark("healed");
     let healed = Instant::now();
-    blocking(|| wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 3));
+    blocking(|| wait_for_rebalance_and_sync(&members.iter().collect::<Vec<_>>(), 3));
     w.mark("rejoined");
     let rejoined = healed.elapsed();
     eprintln!("failed over in {failed_over:?}; rejoined {rejoined:?} after the heal; the cut-off node answered {reply:?}");
@@ -301,12 +146,12 @@ async fn a_node_cut_off_from_the_rest_loses_its_slots_stops_acknowledging_and_re
 async fn a_read_never_returns_a_sync_write_its_replica_does_not_hold() {
     // A long failover timeout: the one-way cut must not fail anybody over.
     let members = blocking(|| {
-        let slow = ["--cluster-node-timeout", "20000"];
-        let a = Member::start_with("zone-a", None, &[], &slow);
-        let b = Member::start_with("zone-b", Some(&a), &[], &slow);
-        let c = Member::start_with("zone-c", Some(&a), &[], &slow);
+        let slow = options().timeout_ms(20_000);
+        let a = Member::start_with("zone-a", None, slow.clone());
+        let b = Member::start_with("zone-b", Some(&a), slow.clone());
+        let c = Member::start_with("zone-c", Some(&a), slow);
         let members = vec![a, b, c];
-        wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 3);
+        wait_for_rebalance_and_sync(&members.iter().collect::<Vec<_>>(), 3);
         members
     });
     let primary = &members[0];
@@ -363,7 +208,7 @@ async fn a_rotating_majority_loses_no_acknowledged_write() {
         longest = longest.max(failed_over);
         blocking(|| heal(&all));
         w.mark("healed");
-        blocking(|| wait_for_rebalance(&all, 3));
+        blocking(|| wait_for_rebalance_and_sync(&all, 3));
         w.mark("rebalanced");
         eprintln!(
             "round {round}: member {} cut off, failed over in {failed_over:?}; {} writes acknowledged so far",
@@ -384,7 +229,7 @@ async fn a_primary_stopped_for_30_seconds_loses_no_acknowledged_write_and_rejoin
     let all: Vec<&Member> = members.iter().collect();
     let w = Workload::start(&seeds(&members), 4, 6, "stop:").await;
     run_for(Duration::from_secs(1)).await;
-    let victim = blocking(|| (0..3).max_by_key(|&i| primaries(&members[i])).unwrap());
+    let victim = blocking(|| (0..3).max_by_key(|&i| members[i].primaries()).unwrap());
     let owned = blocking(|| key_owned_by(&members[victim], "stop-owned:"));
     let mut to_victim = members[victim].process.raw();
     let others: Vec<&Member> = all.iter().copied().filter(|m| m.bus != members[victim].bus).collect();
@@ -396,7 +241,7 @@ async fn a_primary_stopped_for_30_seconds_loses_no_acknowledged_write_and_rejoin
     members[victim].signal("-CONT");
     let reply = blocking(|| to_victim.cmd_str(&["SET", &owned, "after"]));
     assert!(!reply.starts_with('+'), "the woken node acknowledged a write for a slot it lost: {reply}");
-    blocking(|| wait_for_rebalance(&all, 3));
+    blocking(|| wait_for_rebalance_and_sync(&all, 3));
     eprintln!("stopped 30 s; failed over in {failed_over:?}; its first answer on waking: {reply:?}");
     run_for(Duration::from_secs(1)).await;
     judge("primary-sigstop-30s", w, &all, failed_over).await;
@@ -427,11 +272,11 @@ async fn a_member_with_its_clock_a_minute_ahead_changes_no_safety_decision() {
     };
     let skewed = [("LD_PRELOAD", lib.as_str()), ("FAKETIME", "+60s"), ("FAKETIME_NO_CACHE", "1")];
     let members = blocking(|| {
-        let a = Member::start("zone-a", None);
-        let b = Member::start("zone-b", Some(&a));
-        let c = Member::start_with_env("zone-c", Some(&a), &skewed);
+        let a = start("zone-a", None);
+        let b = start("zone-b", Some(&a));
+        let c = Member::start_with("zone-c", Some(&a), options().env(&skewed));
         let members = vec![a, b, c];
-        wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 3);
+        wait_for_rebalance_and_sync(&members.iter().collect::<Vec<_>>(), 3);
         members
     });
     // The skew is real: the skewed node's TIME is a minute ahead.
@@ -452,7 +297,7 @@ async fn a_member_with_its_clock_a_minute_ahead_changes_no_safety_decision() {
         blocking(|| wait_for_agreement(&others, 2));
         longest = longest.max(cut.elapsed());
         blocking(|| heal(&all));
-        blocking(|| wait_for_rebalance(&all, 3));
+        blocking(|| wait_for_rebalance_and_sync(&all, 3));
     }
     run_for(Duration::from_secs(1)).await;
     eprintln!("clock skew of member c: +{skew} s");
@@ -470,14 +315,14 @@ async fn a_fourth_member_joins_while_one_is_cut_off_and_no_write_is_lost() {
     blocking(|| isolate(&members[2], &[&members[0], &members[1]]));
     blocking(|| wait_for_agreement(&[&members[0], &members[1]], 2));
     let failed_over = cut.elapsed();
-    let d = blocking(|| Member::start("zone-c", Some(&members[0])));
-    blocking(|| wait_for_rebalance(&[&members[0], &members[1], &d], 3));
-    let primaries_of_d = blocking(|| primaries(&d));
+    let d = blocking(|| start("zone-c", Some(&members[0])));
+    blocking(|| wait_for_rebalance_and_sync(&[&members[0], &members[1], &d], 3));
+    let primaries_of_d = blocking(|| d.primaries());
     eprintln!("fourth member joined during the partition and serves {primaries_of_d} slots");
     blocking(|| heal(&[&members[0], &members[1], &members[2], &d]));
     members.push(d);
     let all: Vec<&Member> = members.iter().collect();
-    blocking(|| wait_for_rebalance(&all, 4));
+    blocking(|| wait_for_rebalance_and_sync(&all, 4));
     run_for(Duration::from_secs(1)).await;
     judge("join-during-partition", w, &all, failed_over).await;
 }
@@ -514,7 +359,7 @@ async fn a_member_crashing_at_each_failpoint_loses_no_acknowledged_write() {
         let failed_over = armed.elapsed() - crashed;
         blocking(|| members[victim].restart());
         let all: Vec<&Member> = members.iter().collect();
-        blocking(|| wait_for_rebalance(&all, 3));
+        blocking(|| wait_for_rebalance_and_sync(&all, 3));
         run_for(Duration::from_millis(500)).await;
         let v = judge(&format!("failpoint-{point}"), w, &all, failed_over).await;
         eprintln!("{point}: crashed {crashed:?} after arming, failed over {failed_over:?} later");
@@ -531,7 +376,7 @@ async fn a_member_crashing_at_each_failpoint_loses_no_acknowledged_write() {
         "+OK\r\n"
     );
     let w = Workload::start(&seeds(&members), 4, 6, "fpm:").await;
-    let d = blocking(|| Member::start("zone-a", Some(&members[1])));
+    let d = blocking(|| start("zone-a", Some(&members[1])));
     let armed = Instant::now();
     blocking(|| wait_for_exit(&mut members[0]));
     blocking(|| wait_for_agreement(&[&members[1], &members[2], &d], 3));
@@ -539,7 +384,7 @@ async fn a_member_crashing_at_each_failpoint_loses_no_acknowledged_write() {
     blocking(|| members[0].restart());
     members.push(d);
     let all: Vec<&Member> = members.iter().collect();
-    blocking(|| wait_for_rebalance(&all, 4));
+    blocking(|| wait_for_rebalance_and_sync(&all, 4));
     judge("failpoint-migration-before-switch", w, &all, failed_over).await;
 }
 
@@ -584,7 +429,7 @@ async fn chaos() {
             &["cut", "kill", "stop", "delay"]
         };
         let kind = kinds[rand::thread_rng().gen_range(0..kinds.len())];
-        let victim = blocking(|| (0..3).max_by_key(|&i| primaries(&members[i])).unwrap());
+        let victim = blocking(|| (0..3).max_by_key(|&i| members[i].primaries()).unwrap());
         let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
         let t = Instant::now();
         let recovered = match kind {
@@ -635,7 +480,7 @@ async fn chaos() {
                 r
             }
         };
-        blocking(|| wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 3));
+        blocking(|| wait_for_rebalance_and_sync(&members.iter().collect::<Vec<_>>(), 3));
         n += 1;
         if kind != "delay" {
             recoveries.push(recovered);

@@ -4,169 +4,19 @@
 //! member's restart, and let a member leave.
 
 mod common;
+#[path = "common/grid.rs"]
+mod grid;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{free_port, NodeProcess};
-
-/// One grid member: its process, data directory and ports.
-struct Member {
-    process: NodeProcess,
-    dir: tempfile::TempDir,
-    bus: u16,
-    admin: u16,
-    zone: &'static str,
-    /// `--cluster-node-timeout` in ms, kept for restarts.
-    timeout_ms: u32,
-    /// More flags, kept for restarts.
-    extra: Vec<&'static str>,
-}
-
-impl Member {
-    /// Starts a member in `zone`; `seed` is another member to join, None to bootstrap.
-    fn start(zone: &'static str, seed: Option<&Member>) -> Member {
-        Member::start_with_timeout(zone, seed, FAILOVER_TIMEOUT_MS)
-    }
-
-    /// As `start`, with its own failover timeout: a test that restarts a member on purpose
-    /// gives it longer than a loaded CI machine may take to start a debug binary.
-    fn start_with_timeout(zone: &'static str, seed: Option<&Member>, timeout_ms: u32) -> Member {
-        Member::start_with(zone, seed, timeout_ms, &[])
-    }
-
-    /// As `start_with_timeout`, with more flags.
-    fn start_with(
-        zone: &'static str,
-        seed: Option<&Member>,
-        timeout_ms: u32,
-        extra: &[&'static str],
-    ) -> Member {
-        let dir = tempfile::tempdir().unwrap();
-        let (bus, admin) = (free_port(), free_port());
-        let seed = seed.map(Member::seed);
-        let process = spawn(dir.path(), zone, bus, admin, timeout_ms, seed.as_deref(), extra);
-        Member { process, dir, bus, admin, zone, timeout_ms, extra: extra.to_vec() }
-    }
-
-    /// How another node names this one in `--join`.
-    fn seed(&self) -> String {
-        format!("{}@{}", self.process.addr, self.bus)
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.process.addr
-    }
-
-    /// SIGKILLs the process and starts it again on the same directory and ports, no seed.
-    fn kill_and_restart(&mut self) {
-        self.process.child.kill().unwrap();
-        self.process.child.wait().unwrap();
-        self.process =
-            spawn(self.dir.path(), self.zone, self.bus, self.admin, self.timeout_ms, None, &self.extra);
-    }
-
-    fn cluster_info(&self) -> String {
-        self.process.raw().cmd_str(&["CLUSTER", "INFO"])
-    }
-
-    fn myid(&self) -> String {
-        let reply = self.process.raw().cmd_str(&["CLUSTER", "MYID"]);
-        reply.lines().nth(1).unwrap_or_default().to_string()
-    }
-}
-
-/// A failover timeout well above a loaded test machine's hiccups.
-const FAILOVER_TIMEOUT_MS: u32 = 3000;
-
-fn spawn(
-    dir: &std::path::Path,
-    zone: &str,
-    bus: u16,
-    admin: u16,
-    timeout_ms: u32,
-    seed: Option<&str>,
-    extra: &[&str],
-) -> NodeProcess {
-    let (dir, bus, admin) = (dir.to_str().unwrap(), bus.to_string(), admin.to_string());
-    let timeout = timeout_ms.to_string();
-    let mut args = vec!["--dir", dir, "--zone", zone, "--cluster-port", &bus, "--admin-port", &admin];
-    args.extend(["--cluster-node-timeout", &timeout]);
-    match seed {
-        Some(s) => args.extend(["--join", s]),
-        None => args.extend(["--cluster-enabled", "true"]),
-    }
-    args.extend(extra);
-    NodeProcess::spawn(&args)
-}
-
-/// Waits until every member reports `known` nodes and the same agreed epoch and slot layout.
-fn wait_for_agreement(members: &[&Member], known: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let infos: Vec<String> = members.iter().map(|m| m.cluster_info()).collect();
-        let slots: Vec<String> =
-            members.iter().map(|m| m.process.raw().cmd_str(&["CLUSTER", "SLOTS"])).collect();
-        let want = format!("cluster_known_nodes:{known}\r\n");
-        let epoch =
-            |i: &String| i.lines().find(|l| l.starts_with("cluster_current_epoch")).map(str::to_owned);
-        // Epoch 0 is a node's own view before the grid's first entry is committed.
-        let agreed = |i: &String| !i.contains("cluster_current_epoch:0\r\n");
-        if infos.iter().all(|i| i.contains(&want) && i.contains("cluster_state:ok") && agreed(i))
-            && infos.iter().all(|i| epoch(i) == epoch(&infos[0]))
-            && slots.iter().all(|s| s == &slots[0])
-        {
-            return slots[0].clone();
-        }
-        assert!(Instant::now() < deadline, "no agreement on {known} nodes: {infos:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Waits until no member has slots left to move and all agree (on `known` nodes).
-fn wait_for_rebalance(members: &[&Member], known: usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let moving: Vec<String> = members.iter().map(|m| admin_get(m, "/cluster/moving")).collect();
-        if moving.iter().all(|t| t.contains("slots_leaving 0 ")) {
-            wait_for_agreement(members, known);
-            let again: Vec<String> = members.iter().map(|m| admin_get(m, "/cluster/moving")).collect();
-            if again.iter().all(|t| t.contains("slots_leaving 0 ")) && again.windows(2).all(|w| w[0] == w[1])
-            {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "slots still moving: {moving:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Waits until every member's `/ready` says it serves and has caught up (no full sync or
-/// import under way).
-fn wait_until_ready(members: &[&Member]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let states: Vec<String> = members.iter().map(|m| admin_get(m, "/ready")).collect();
-        if states.iter().all(|s| s == "ready\n") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "members not ready: {states:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn admin_get(m: &Member, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", m.admin)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
-}
+use grid::{
+    wait_for_agreement, wait_for_rebalance, wait_until_ready, Member, MemberOptions, FAILOVER_TIMEOUT_MS,
+};
 
 fn dbsize(m: &Member) -> i64 {
-    m.process.raw().cmd_str(&["DBSIZE"]).trim_start_matches(':').trim().parse().unwrap()
+    m.cmd(&["DBSIZE"]).trim_start_matches(':').trim().parse().unwrap()
 }
 
 fn cachegrid(args: &[&str]) -> std::process::Output {
@@ -227,7 +77,7 @@ async fn three_nodes_joined_with_join_agree_on_one_map_and_serve_a_cluster_clien
     // Replicas report catching up while full syncs run; all are ready once they are done.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ready: Vec<String> = [&a, &b, &c].iter().map(|m| admin_get(m, "/ready")).collect();
+        let ready: Vec<String> = [&a, &b, &c].iter().map(|m| m.admin_get("/ready")).collect();
         if ready.iter().all(|r| r == "ready\n") {
             break;
         }
@@ -241,10 +91,10 @@ fn a_member_killed_and_restarted_keeps_its_id_and_loses_no_key() {
     // Down for less than the failover timeout, so only the restart itself tells the grid: the
     // member comes back without its keys (they lived in its memory), so its slots go to their
     // replicas and it is placed again, with the same id and its new address.
-    let sync = &["--cluster-replication", "sync"][..];
-    let a = Member::start_with("zone-a", None, 20_000, sync);
-    let mut b = Member::start_with("zone-b", Some(&a), 20_000, sync);
-    let c = Member::start_with("zone-c", Some(&a), 20_000, sync);
+    let sync = MemberOptions::sync().timeout_ms(20_000);
+    let a = Member::start_with("zone-a", None, sync.clone());
+    let mut b = Member::start_with("zone-b", Some(&a), sync.clone());
+    let c = Member::start_with("zone-c", Some(&a), sync);
     wait_for_rebalance(&[&a, &b, &c], 3);
     wait_until_ready(&[&a, &b, &c]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -255,13 +105,13 @@ fn a_member_killed_and_restarted_keeps_its_id_and_loses_no_key() {
             rt.block_on(redis::cmd("SET").arg(format!("kept:{i}")).arg(i).query_async(&mut con)).unwrap();
     }
     let id = b.myid();
-    b.kill_and_restart();
+    b.restart();
     assert_eq!(b.myid(), id, "the node id lives in the data directory");
     wait_for_rebalance(&[&a, &b, &c], 3);
     wait_until_ready(&[&a, &b, &c]);
-    let nodes = a.process.raw().cmd_str(&["CLUSTER", "NODES"]);
+    let nodes = a.cmd(&["CLUSTER", "NODES"]);
     assert!(nodes.contains(&format!("{id} 127.0.0.1:{}@", b.addr().port())), "its new address: {nodes}");
-    assert!(primaries(&b) > 4000, "placed again with its share: {nodes}");
+    assert!(b.primaries() > 4000, "placed again with its share: {nodes}");
     for i in 0..2000 {
         let v: Option<i64> =
             rt.block_on(redis::cmd("GET").arg(format!("kept:{i}")).query_async(&mut con)).unwrap();
@@ -274,7 +124,7 @@ fn a_single_node_grid_survives_its_own_restart() {
     let mut a = Member::start("zone-a", None);
     let before = wait_for_agreement(&[&a], 1);
     let old_port = a.addr().port();
-    a.kill_and_restart();
+    a.restart();
     let expected = before.replace(&format!(":{old_port}\r\n"), &format!(":{}\r\n", a.addr().port()));
     let deadline = Instant::now() + Duration::from_secs(30);
     while wait_for_agreement(&[&a], 1) != expected {
@@ -328,12 +178,12 @@ async fn keys_move_with_their_slots_when_nodes_join_and_leave_and_no_acknowledge
     assert!(sizes.iter().all(|&n| n > 500), "keys spread over the three: {sizes:?}");
 
     // b leaves gracefully: `cachegrid leave` follows its keys until it holds none.
-    let admin = format!("127.0.0.1:{}", b.admin);
+    let admin = b.admin_addr();
     let out = tokio::task::block_in_place(|| cachegrid(&["leave", "--admin", &admin]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("moving keys"), "progress is shown");
     tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &c], 2));
-    let slots = a.process.raw().cmd_str(&["CLUSTER", "SLOTS"]);
+    let slots = a.cmd(&["CLUSTER", "SLOTS"]);
     assert!(!slots.contains(&format!(":{}\r\n", b.addr().port())), "the leaver serves nothing: {slots}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while dbsize(&b) != 0 {
@@ -367,7 +217,7 @@ fn a_member_forgotten_with_force_drops_out_at_once() {
     wait_for_rebalance(&[&a, &b, &c], 3);
     let id = c.myid();
     drop(c); // SIGKILL: gone for good. Two of three voters remain, a majority.
-    let out = cachegrid(&["leave", "--admin", &format!("127.0.0.1:{}", a.admin), "--node", &id, "--force"]);
+    let out = cachegrid(&["leave", "--admin", &a.admin_addr(), "--node", &id, "--force"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let slots = wait_for_agreement(&[&a, &b], 2);
     assert!(!slots.contains(&id), "{slots}");
@@ -377,7 +227,7 @@ fn a_member_forgotten_with_force_drops_out_at_once() {
 fn leave_refuses_unknown_members_and_standalone_nodes() {
     let a = Member::start("zone-a", None);
     wait_for_agreement(&[&a], 1);
-    let admin = format!("127.0.0.1:{}", a.admin);
+    let admin = a.admin_addr();
     let out = cachegrid(&["leave", "--admin", &admin, "--node", &"ab".repeat(20)]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a member"), "{out:?}");
@@ -414,7 +264,7 @@ async fn a_killed_primary_is_replaced_by_its_replicas_and_its_keys_are_still_the
     let c_id = c.myid();
     drop(c); // SIGKILL
     tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &b], 2));
-    let slots = a.process.raw().cmd_str(&["CLUSTER", "SLOTS"]);
+    let slots = a.cmd(&["CLUSTER", "SLOTS"]);
     assert!(!slots.contains(&c_id), "the dead node serves nothing: {slots}");
     for i in 0..300 {
         let v: i64 = redis::cmd("GET").arg(format!("f:{i}")).query_async(&mut con).await.unwrap();
@@ -429,17 +279,16 @@ fn a_primary_paused_past_the_failover_time_answers_nothing_for_the_slots_it_lost
     let c = Member::start("zone-c", Some(&a));
     wait_for_rebalance(&[&a, &b, &c], 3);
     // A key c is the primary of, and a connection to c opened before the pause.
-    let slots_of_c = c.process.raw().cmd_str(&["CLUSTER", "NODES"]);
+    let slots_of_c = c.cmd(&["CLUSTER", "NODES"]);
     let key = (0..10_000)
         .map(|i| format!("paused:{i}"))
-        .find(|k| c.process.raw().cmd_str(&["SET", k, "before"]) == "+OK\r\n")
+        .find(|k| c.cmd(&["SET", k, "before"]) == "+OK\r\n")
         .expect("c owns some slot");
     let mut to_c = c.process.raw();
-    let pid = c.process.child.id().to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    c.signal("-STOP");
     // Past the failover timeout (3 s in these tests): a and b give c's slots away.
     wait_for_agreement(&[&a, &b], 2);
-    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    c.signal("-CONT");
     // The very first answer of the resumed node is no acknowledgement: its lease ran out
     // while it was stopped (monotonic clock), whatever its stale map says.
     let reply = to_c.cmd_str(&["SET", &key, "after"]);
@@ -449,7 +298,7 @@ fn a_primary_paused_past_the_failover_time_answers_nothing_for_the_slots_it_lost
     // It learns it was failed over and asks to be let back in: a member again, and the value
     // written while it was away is what everyone reads.
     wait_for_rebalance(&[&a, &b, &c], 3);
-    let slots = a.process.raw().cmd_str(&["CLUSTER", "SLOTS"]);
+    let slots = a.cmd(&["CLUSTER", "SLOTS"]);
     assert!(slots.contains(&format!(":{}\r\n", c.addr().port())), "c is back in the map: {slots}");
 }
 
@@ -466,10 +315,10 @@ fn cluster_client(seed: &Member) -> redis::cluster::ClusterClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_sync_mode_a_reply_means_every_replica_has_the_write() {
-    let sync = &["--cluster-replication", "sync"][..];
-    let a = Member::start_with("zone-a", None, FAILOVER_TIMEOUT_MS, sync);
-    let b = tokio::task::block_in_place(|| Member::start_with("zone-b", Some(&a), FAILOVER_TIMEOUT_MS, sync));
-    let c = tokio::task::block_in_place(|| Member::start_with("zone-c", Some(&a), FAILOVER_TIMEOUT_MS, sync));
+    let sync = MemberOptions::sync();
+    let a = Member::start_with("zone-a", None, sync.clone());
+    let b = tokio::task::block_in_place(|| Member::start_with("zone-b", Some(&a), sync.clone()));
+    let c = tokio::task::block_in_place(|| Member::start_with("zone-c", Some(&a), sync.clone()));
     tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &b, &c], 3));
     let mut con = cluster_client(&a).get_async_connection().await.unwrap();
     for i in 0..300 {
@@ -483,9 +332,7 @@ async fn in_sync_mode_a_reply_means_every_replica_has_the_write() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let key = (0..1000)
-        .map(|i| format!("mine:{i}"))
-        .find(|k| a.process.raw().cmd_str(&["SET", k, "x"]) == "+OK\r\n");
+    let key = (0..1000).map(|i| format!("mine:{i}")).find(|k| a.cmd(&["SET", k, "x"]) == "+OK\r\n");
     let key = key.expect("a is primary of some slot");
     let _: () = redis::cmd("SET").arg(&key).arg("y").query_async(&mut one).await.unwrap();
     let n: i64 = redis::cmd("WAIT").arg(1).arg(5000).query_async(&mut one).await.unwrap();
@@ -497,8 +344,7 @@ async fn wait_counts_replicas_in_async_mode() {
     let a = Member::start("zone-a", None);
     let b = tokio::task::block_in_place(|| Member::start("zone-b", Some(&a)));
     tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &b], 2));
-    let key =
-        (0..1000).map(|i| format!("w:{i}")).find(|k| a.process.raw().cmd_str(&["SET", k, "x"]) == "+OK\r\n");
+    let key = (0..1000).map(|i| format!("w:{i}")).find(|k| a.cmd(&["SET", k, "x"]) == "+OK\r\n");
     let key = key.expect("a is primary of some slot");
     let mut one = redis::Client::open(format!("redis://{}/", a.addr()))
         .unwrap()
@@ -528,11 +374,11 @@ async fn in_sync_mode_killing_primaries_round_after_round_loses_no_acknowledged_
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(FAILOVER_TIMEOUT_MS);
-    let sync = &["--cluster-replication", "sync"][..];
+    let sync = MemberOptions::sync().timeout_ms(timeout);
     let zones = ["zone-a", "zone-b", "zone-c"];
-    let mut members = vec![Member::start_with(zones[0], None, timeout, sync)];
+    let mut members = vec![Member::start_with(zones[0], None, sync.clone())];
     for z in &zones[1..] {
-        let m = tokio::task::block_in_place(|| Member::start_with(z, Some(&members[0]), timeout, sync));
+        let m = tokio::task::block_in_place(|| Member::start_with(z, Some(&members[0]), sync.clone()));
         members.push(m);
     }
     tokio::task::block_in_place(|| wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 3));
@@ -586,7 +432,7 @@ async fn in_sync_mode_killing_primaries_round_after_round_loses_no_acknowledged_
         // victim's, in any grid with R = 1).
         tokio::task::block_in_place(|| wait_until_ready(&members.iter().collect::<Vec<_>>()));
         // The member with the most primary slots goes.
-        let victim = (0..members.len()).max_by_key(|&i| primaries(&members[i])).unwrap();
+        let victim = (0..members.len()).max_by_key(|&i| members[i].primaries()).unwrap();
         let victim_port = members[victim].addr().port();
         let owned: Vec<bool> = primary_ports(&members[victim]).iter().map(|&p| p == victim_port).collect();
         let gone = members.remove(victim);
@@ -594,8 +440,7 @@ async fn in_sync_mode_killing_primaries_round_after_round_loses_no_acknowledged_
         drop(gone); // SIGKILL
         kills.push((Instant::now(), owned));
         tokio::task::block_in_place(|| wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 2));
-        let fresh =
-            tokio::task::block_in_place(|| Member::start_with(zone, Some(&members[0]), timeout, sync));
+        let fresh = tokio::task::block_in_place(|| Member::start_with(zone, Some(&members[0]), sync.clone()));
         members.push(fresh);
         tokio::task::block_in_place(|| wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 3));
         eprintln!("round {round}: {} writes acknowledged so far", acked.lock().len());
@@ -648,28 +493,10 @@ async fn in_sync_mode_killing_primaries_round_after_round_loses_no_acknowledged_
     );
 }
 
-/// Slots `m` is primary of, by its own CLUSTER SHARDS-free count: CLUSTER NODES' slot ranges.
-fn primaries(m: &Member) -> usize {
-    let nodes = m.process.raw().cmd_str(&["CLUSTER", "NODES"]);
-    nodes
-        .lines()
-        .find(|l| l.contains("myself") && l.contains("master"))
-        .map(|l| {
-            l.split_whitespace()
-                .skip(8)
-                .filter_map(|r| match r.split_once('-') {
-                    Some((a, b)) => Some(b.parse::<usize>().ok()? - a.parse::<usize>().ok()? + 1),
-                    None => r.parse::<usize>().ok().map(|_| 1),
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// The primary of every slot, from CLUSTER SLOTS as `m` answers it (client port per slot).
 fn primary_ports(m: &Member) -> Vec<u16> {
     let mut ports = vec![0u16; 16384];
-    let slots = m.process.raw().cmd_str(&["CLUSTER", "SLOTS"]);
+    let slots = m.cmd(&["CLUSTER", "SLOTS"]);
     // Each range: `*N`, `:start`, `:end`, then the primary `*4 $host :port ...`.
     let lines: Vec<&str> = slots.lines().collect();
     let mut i = 0;
@@ -695,17 +522,17 @@ fn primary_ports(m: &Member) -> Vec<u16> {
 /// anything settled, loses no key: every slot still has a caught-up copy to fail over to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_right_after_a_join_loses_no_acknowledged_write() {
-    let sync = &["--cluster-replication", "sync"][..];
-    let a = Member::start_with("zone-a", None, FAILOVER_TIMEOUT_MS, sync);
-    let b = tokio::task::block_in_place(|| Member::start_with("zone-b", Some(&a), FAILOVER_TIMEOUT_MS, sync));
-    let c = tokio::task::block_in_place(|| Member::start_with("zone-c", Some(&a), FAILOVER_TIMEOUT_MS, sync));
+    let sync = MemberOptions::sync();
+    let a = Member::start_with("zone-a", None, sync.clone());
+    let b = tokio::task::block_in_place(|| Member::start_with("zone-b", Some(&a), sync.clone()));
+    let c = tokio::task::block_in_place(|| Member::start_with("zone-c", Some(&a), sync.clone()));
     tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &b, &c], 3));
     tokio::task::block_in_place(|| wait_until_ready(&[&a, &b, &c]));
     let mut con = cluster_client(&a).get_async_connection().await.unwrap();
     for i in 0..5000 {
         let _: () = redis::cmd("SET").arg(format!("base:{i}")).arg(i).query_async(&mut con).await.unwrap();
     }
-    let d = tokio::task::block_in_place(|| Member::start_with("zone-c", Some(&a), FAILOVER_TIMEOUT_MS, sync));
+    let d = tokio::task::block_in_place(|| Member::start_with("zone-c", Some(&a), sync.clone()));
     tokio::task::block_in_place(|| wait_for_agreement(&[&a, &b, &c, &d], 4));
     drop(c); // SIGKILL, while d is still filling
     tokio::task::block_in_place(|| wait_for_rebalance(&[&a, &b, &d], 3));
@@ -805,7 +632,7 @@ async fn every_member_in_turn_leaves_gracefully_and_is_replaced_under_load_and_n
     };
     for _ in 0..3 {
         let leaver = members.remove(0);
-        let admin = format!("127.0.0.1:{}", leaver.admin);
+        let admin = leaver.admin_addr();
         let out = tokio::task::block_in_place(|| cachegrid(&["leave", "--admin", &admin]));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         tokio::task::block_in_place(|| wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 2));
@@ -855,7 +682,7 @@ fn replicas_avoid_their_primarys_zone_and_still_exist_when_one_zone_is_left() {
     };
     check(&a1, false);
     for leaver in [&b, &c] {
-        let admin = format!("127.0.0.1:{}", leaver.admin);
+        let admin = leaver.admin_addr();
         let out = cachegrid(&["leave", "--admin", &admin]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
@@ -866,7 +693,7 @@ fn replicas_avoid_their_primarys_zone_and_still_exist_when_one_zone_is_left() {
 /// Every slot range of CLUSTER SLOTS as `m` answers it: the range, its primary's client port
 /// and its replicas' ports.
 fn owners_by_range(m: &Member) -> Vec<((usize, usize), u16, Vec<u16>)> {
-    let slots = m.process.raw().cmd_str(&["CLUSTER", "SLOTS"]);
+    let slots = m.cmd(&["CLUSTER", "SLOTS"]);
     let lines: Vec<&str> = slots.lines().collect();
     let mut out = Vec::new();
     let mut i = 0;
