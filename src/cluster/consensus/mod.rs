@@ -73,8 +73,9 @@ pub struct Consensus {
     /// Pause detection: the lease keeper's last tick, and until when no AppendEntries may
     /// extend the lease (see [`Consensus::lease_from_contact`]).
     watchdog: parking_lot::Mutex<(tokio::time::Instant, Option<tokio::time::Instant>)>,
-    /// The leader this node last accepted AppendEntries from, and when: a new leader starts
-    /// the old one's failure clock there, not at its own election (see `detect_failures`).
+    /// The leader this node last accepted AppendEntries from, and when it sent it (as the
+    /// lease counts): a new leader starts the old one's failure clock there, not at its own
+    /// election (see `detect_failures`).
     leader_contact: parking_lot::Mutex<Option<(NodeId, tokio::time::Instant)>>,
     /// This process's random start id and start time, stamped on its AppendEntries.
     boot: (u64, tokio::time::Instant),
@@ -533,7 +534,7 @@ impl Consensus {
             if last_ok.is_empty() {
                 // Just became leader: the members it inherits were answering the previous one;
                 // only members that join from now on get the newcomer's grace. The previous
-                // leader was last heard when this node last accepted its AppendEntries: an
+                // leader was last heard when it sent the last AppendEntries this node accepted: an
                 // election took at least the election timeout since, so a dead leader is
                 // failed over at the first failed ping instead of a whole timeout later.
                 for (n, _) in &members {
@@ -715,7 +716,7 @@ impl Consensus {
                 let leader = rpc.vote.leader_id().node_id;
                 let r = self.raft.append_entries(rpc).await;
                 if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success)) {
-                    *self.leader_contact.lock() = Some((leader, received));
+                    *self.leader_contact.lock() = Some((leader, sent));
                     // The lease waits for the leader's commit to be applied here, but the reply
                     // does not: a held reply reorders heartbeats and appends at the leader,
                     // which openraft 0.9 takes for a follower's log going back (and panics).
