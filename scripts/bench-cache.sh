@@ -18,6 +18,7 @@
 #            [--calls-requests N] [--calls-duration SECS] [--node-threads N] [--out FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
 
 DURATION=8; REPS=3; CONNS=32; KEYS=200; CALLS_REQUESTS=10000; CALLS_DURATION=10; NODE_THREADS=1; OUT=""
 while [ $# -gt 0 ]; do
@@ -35,23 +36,14 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-for tool in wrk curl python3; do
-  if ! command -v "$tool" >/dev/null; then
-    echo "installing $tool" >&2
-    apt-get update -qq && apt-get install -y -qq wrk curl python3 >/dev/null
-  fi
-done
+need_tools "wrk curl python3" "wrk curl python3"
 
 echo "==> building (release): cachegrid, cached_api, cache-peer" >&2
 cargo build --release --quiet --bin cachegrid -p cachegrid
 cargo build --release --quiet -p cachegrid-middleware --example cached_api
 (cd benches/cache-peer && cargo build --release --quiet)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+trap stop_children EXIT
 
 start_node() { # sets NODE_PORT (not in a subshell: its pid must reach PIDS)
   NODE_PORT=$(free_port)
@@ -116,8 +108,7 @@ LUAEOF
 done
 calls_run() { # scenario max_age per_instance_limit(0: none) duration
   local scenario=$1 max_age=$2 limit=$3 dur=$4
-  cleanup; PIDS=()
-  start_node
+  stop_children; PIDS=(); start_node
   P=$(free_port); start_app p1 "$P" $PEER "127.0.0.1:$P" "$max_age"
   P=$(free_port); start_app p2 "$P" $PEER "127.0.0.1:$P" "$max_age"
   P=$(free_port); start_app o1 "$P" $API --listen "127.0.0.1:$P" --grid "redis://127.0.0.1:$NODE_PORT" --max-age "$max_age"

@@ -7,6 +7,7 @@
 # Usage: scripts/bench-cluster-overhead.sh [--reps N] [--requests N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
 
 REPS=3; REQUESTS=500000
 while [ $# -gt 0 ]; do
@@ -21,11 +22,9 @@ done
 echo "==> building cachegrid (release)" >&2
 cargo build --release --quiet
 BIN=target/release/cachegrid
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+cleanup() { stop_children; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 P_STANDALONE=$(free_port)

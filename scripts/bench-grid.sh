@@ -31,6 +31,7 @@
 #   --out       also write the markdown tables to FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
 
 REPS=3; REQUESTS=600000; KEYS=100000; NODE_TIMEOUT=1000; OUT=""
 while [ $# -gt 0 ]; do
@@ -46,19 +47,13 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-for tool in redis-server redis-benchmark redis-cli python3; do
-  if ! command -v "$tool" >/dev/null; then
-    echo "installing $tool's package" >&2
-    apt-get update -qq && apt-get install -y -qq redis-server redis-tools python3 >/dev/null
-  fi
-done
+need_tools "redis-server redis-benchmark redis-cli python3" "redis-server redis-tools python3"
 
 echo "==> building cachegrid (release)" >&2
 cargo build --release --quiet --bin cachegrid -p cachegrid
 BIN=target/release/cachegrid
 
 TMP=$(mktemp -d)
-PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.5
@@ -314,7 +309,6 @@ if __name__ == "__main__":
 PY
 g() { python3 "$TMP/grid.py" "$@"; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_ping() { for _ in $(seq 300); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "port $1 never answered" >&2; exit 1; }
 
 # Per system: its client ports and server PIDs (space separated).

@@ -21,6 +21,7 @@
 #                   commands on one thread, and the cores here also run wrk and the apps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
 
 DURATION=8; REPS=5; CONNS=32; NODE_THREADS=1; OUT=""
 while [ $# -gt 0 ]; do
@@ -35,12 +36,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-for tool in wrk curl python3 redis-cli /usr/bin/time; do
-  if ! command -v "$tool" >/dev/null; then
-    echo "installing $tool" >&2
-    apt-get update -qq && apt-get install -y -qq wrk curl python3 redis-tools time >/dev/null
-  fi
-done
+need_tools "wrk curl python3 redis-cli /usr/bin/time" "wrk curl python3 redis-tools time"
 redis-cli -p 6379 ping >/dev/null || { echo "the local Redis on 6379 is needed" >&2; exit 1; }
 
 echo "==> building (release): cachegrid, bench_sessions, sessions-peer" >&2
@@ -48,11 +44,7 @@ cargo build --release --quiet --bin cachegrid -p cachegrid
 cargo build --release --quiet -p cachegrid-middleware --example bench_sessions
 (cd benches/sessions-peer && cargo build --release --quiet)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+trap stop_children EXIT
 
 NODE_PORT=$(free_port)
 target/release/cachegrid node --port "$NODE_PORT" --bind 127.0.0.1 --threads "$NODE_THREADS" --log-level warn >/dev/null 2>&1 & PIDS+=($!)

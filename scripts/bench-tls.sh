@@ -8,6 +8,7 @@
 # Usage: [BIN=path] scripts/bench-tls.sh [--quick] [--reps N] [--base BIN]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
 
 QUICK=0; REPS=3; BASE=""
 while [ $# -gt 0 ]; do
@@ -28,8 +29,7 @@ if [ -z "${BIN:-}" ]; then
 fi
 
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() { stop_children; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 # A CA, and one certificate for 127.0.0.1 that serves and connects.
@@ -43,7 +43,6 @@ trap cleanup EXIT
 )
 TLS_FILES=(--tls-cert-file "$WORK/node.crt" --tls-key-file "$WORK/node.key" --tls-ca-cert-file "$WORK/ca.crt")
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 CG=$(free_port); CG_TLS=$(free_port); RD=$(free_port); RD_TLS=$(free_port)
 "$BIN" node --port "$CG" --tls-port "$CG_TLS" "${TLS_FILES[@]}" --admin-port "$(free_port)" \
   --log-level warn 2>"$WORK/cachegrid.log" &

@@ -13,6 +13,7 @@
 #   --out       also write the markdown tables to FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
 
 QUICK=0; THREADS=""; REPS=3; OUT=""
 while [ $# -gt 0 ]; do
@@ -26,18 +27,12 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-for tool in redis-server redis-benchmark redis-cli python3; do
-  if ! command -v "$tool" >/dev/null; then
-    echo "installing $tool's package" >&2
-    apt-get update -qq && apt-get install -y -qq redis-server redis-tools python3 >/dev/null
-  fi
-done
+need_tools "redis-server redis-benchmark redis-cli python3" "redis-server redis-tools python3"
 
 echo "==> building cachegrid (release)" >&2
 cargo build --release --quiet
 BIN=target/release/cachegrid
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 CG_PORT=$(free_port); RD_PORT=$(free_port)
 WORK=$(mktemp -d)
 cleanup() { kill "$CG_PID" "$RD_PID" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }

@@ -11,6 +11,7 @@
 # Usage: scripts/bench-writebehind.sh [--quick] [--reps N] [--out FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
 
 QUICK=0; REPS=3; OUT=""
 while [ $# -gt 0 ]; do
@@ -29,7 +30,6 @@ echo "==> building cachegrid (release)" >&2
 cargo build --release --quiet
 BIN=target/release/cachegrid
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d); chmod 755 "$WORK"
 PG_PORT=$(free_port); PLAIN_PORT=$(free_port); BACKED_PORT=$(free_port)
 AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(runuser -u postgres --)
