@@ -56,13 +56,24 @@ impl PeerLink {
         request: BusRequest,
         option: &RPCOption,
     ) -> Result<BusResponse, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
-        // Every failure is a plain network error, retried at the next heartbeat. openraft 0.9's
-        // `Unreachable` backoff can leave a stream idle for good once the peer is back (seen
-        // here: a learner never caught up; openraft issue #833 describes the same stall).
-        self.client
-            .call(&request, option.hard_ttl())
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        // Every failure is a plain network error. openraft 0.9's `Unreachable` backoff can leave
+        // a stream idle for good once the peer is back (seen here: a learner never caught up;
+        // openraft issue #833 describes the same stall).
+        let started = tokio::time::Instant::now();
+        match self.client.call(&request, option.hard_ttl()).await {
+            Ok(response) => Ok(response),
+            Err(e) => {
+                // A refused connection (peer process gone, or a partition in the simulation)
+                // fails at once, and openraft sends a failed AppendEntries of log entries again
+                // at once, not at the next heartbeat: without a pause a leader with entries to
+                // send spins on the peer, and in the simulation time stops (the partition
+                // scenario ran out of ephemeral ports at one instant). Half the RPC's soft TTL
+                // (the heartbeat interval for AppendEntries) keeps the error ahead of
+                // openraft's own timeout.
+                tokio::time::sleep_until(started + option.soft_ttl() / 2).await;
+                Err(RPCError::Network(NetworkError::new(&e)))
+            }
+        }
     }
 
     fn remote<T, E: std::error::Error>(&self, r: Result<T, RaftError<NodeId, E>>) -> RpcResult<T, E> {
