@@ -101,9 +101,11 @@ impl Member {
         format!("127.0.0.1:{}", self.admin)
     }
 
-    /// Runs a command on this member and returns the reply as RESP text.
+    /// Runs a command on this member and returns the reply as RESP text. Waits up to 60 s: a
+    /// one-thread member that joins replays the Raft log on its only thread and answers
+    /// nothing meanwhile (open, docs/RELIABILITY.md); on a slow machine that took over 10 s.
     pub fn cmd(&self, args: &[&str]) -> String {
-        self.process.raw().cmd_str(args)
+        self.process.raw().read_timeout(Duration::from_secs(60)).cmd_str(args)
     }
 
     /// SIGKILLs the process (if it still runs) and starts it again on the same directory,

@@ -173,6 +173,12 @@ impl Raw {
         Raw { stream, buf: Vec::new() }
     }
 
+    /// The same connection, waiting up to `d` for each reply instead of 10 s.
+    pub fn read_timeout(self, d: Duration) -> Raw {
+        self.stream.set_read_timeout(Some(d)).unwrap();
+        self
+    }
+
     /// Sends `args` as a RESP array and returns the reply frame's bytes.
     pub fn cmd(&mut self, args: &[&[u8]]) -> Vec<u8> {
         self.send(&encode(args));
