@@ -12,7 +12,8 @@
 //! 4. Minimal movement: what can stay where it was does (a primary keeps its slots up to its
 //!    share; a replica keeps its copy unless it is over its share), a lost primary is replaced
 //!    by one of its replicas when that is balanced (first one whose promotion leaves the other
-//!    copies valid replicas), and new copies go first to nodes below their share. A join moves about 1/N of the slots, a leave only what the leaver held.
+//!    copies valid replicas), and new copies go first to nodes below their share. A join moves
+//!    about 1/N of the slots, a leave only what the leaver held.
 //! 5. Slots with the same owners are kept contiguous, so CLUSTER SLOTS stays short.
 
 use std::collections::BTreeMap;
@@ -132,6 +133,12 @@ fn shares_by_zone(total: usize, n: usize, holding: &[usize], zone: &[usize]) -> 
     target
 }
 
+/// How many of a slot's `r` replicas may share the zone of its primary, whose zone has
+/// `primary_zone_size` of the `n` nodes: only as many as the other zones cannot take.
+fn same_zone_allowed(n: usize, r: usize, primary_zone_size: usize) -> usize {
+    r - r.min(n - primary_zone_size)
+}
+
 fn place_primaries(
     n: usize,
     r: usize,
@@ -158,10 +165,8 @@ fn place_primaries(
     // leave every other copy a valid replica of the new primary (a copy in the new primary's
     // zone must be replaced when other zones have room), then any.
     let keeps_copies = |s: usize, x: usize| {
-        let others = n - zone_size[zone[x]];
-        let same_zone_allowed = r - r.min(others);
         let same = prev_replicas[s].iter().filter(|&&y| y != x && zone[y] == zone[x]).count();
-        same <= same_zone_allowed
+        same <= same_zone_allowed(n, r, zone_size[zone[x]])
     };
     for clean_only in [true, false] {
         for s in 0..SLOT_COUNT {
@@ -202,9 +207,7 @@ impl ReplicaCtx<'_> {
     /// Replicas of slot `s` that may share its primary's zone: only as many as there are not
     /// enough nodes in other zones.
     fn same_zone_allowed(&self, s: usize) -> usize {
-        let zp = self.zone[self.primary[s]];
-        let others = self.n - self.zone_size[zp];
-        self.r - self.r.min(others)
+        same_zone_allowed(self.n, self.r, self.zone_size[self.zone[self.primary[s]]])
     }
 
     /// Whether `x` may join slot `s` holding `set`.
