@@ -86,6 +86,13 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 async fn judge(scenario: &str, w: Workload, members: &[&Member], recovered: Duration) -> workload::Verdict {
     let history = w.finish().await;
     eprintln!("errors seen by the clients: {:?}", history.errors);
+    if std::env::var("FAULTS_TIMELINE").is_ok() {
+        let mut per_s = std::collections::BTreeMap::<u64, usize>::new();
+        for (_, done) in history.acked_at.values() {
+            *per_s.entry(done / 1000).or_default() += 1;
+        }
+        eprintln!("own keys acknowledged per second: {per_s:?} marks {:?}", history.marks);
+    }
     let seeds: Vec<SocketAddr> = members.iter().map(|m| m.addr()).collect();
     let verdict = workload::verify(&seeds, history).await;
     eprintln!("{} recover_ms={}", verdict.summary(scenario), recovered.as_millis());
@@ -377,11 +384,15 @@ async fn a_member_crashing_at_each_failpoint_loses_no_acknowledged_write() {
     );
     let w = Workload::start(&seeds(&members), 4, 6, "fpm:").await;
     let d = blocking(|| start("zone-a", Some(&members[1])));
+    w.mark("joiner started");
     let armed = Instant::now();
     blocking(|| wait_for_exit(&mut members[0]));
+    w.mark("crashed");
     blocking(|| wait_for_agreement(&[&members[1], &members[2], &d], 3));
+    w.mark("failed over");
     let failed_over = armed.elapsed();
     blocking(|| members[0].restart());
+    w.mark("restarted");
     members.push(d);
     let all: Vec<&Member> = members.iter().collect();
     blocking(|| wait_for_rebalance_and_sync(&all, 4));

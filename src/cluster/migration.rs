@@ -188,10 +188,24 @@ async fn move_slots(
 ) -> Result<usize, String> {
     let mut moved = 0;
     for &slot in slots {
+        let mut held: Vec<Box<[u8]>> = Vec::new();
         loop {
-            let entries = take_batch(server, cluster, slot);
+            let (entries, waiting) = take_batch(server, cluster, slot);
+            // A key held before and neither taken nor held now expired meanwhile.
+            let now: std::collections::HashSet<&[u8]> =
+                entries.iter().map(|e| &e.key[..]).chain(waiting.iter().map(|k| &k[..])).collect();
+            cluster.release_in_flight(held.iter().map(|k| &k[..]).filter(|k| !now.contains(k)));
+            drop(now);
+            held = waiting;
             if entries.is_empty() {
-                break;
+                if held.is_empty() {
+                    break;
+                }
+                tracing::debug!(slot, held = held.len(), "keys held until their replicas have them");
+                // Writers of the held keys are answered TRYAGAIN: their replicas catch up in
+                // a round trip.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
             }
             let request = DataRequest::Import { slot, entries };
             let answer = client.call_data(&request, BATCH_TIMEOUT).await;
@@ -205,6 +219,7 @@ async fn move_slots(
                 }
                 other => {
                     put_back(server, cluster, slot, entries);
+                    cluster.release_in_flight(held.iter().map(|k| &k[..]));
                     return Err(match other {
                         Ok(BusResponse::Imported(Err(e))) => e,
                         Ok(r) => format!("unexpected answer {r:?}"),
@@ -218,22 +233,32 @@ async fn move_slots(
 }
 
 /// Takes up to [`BATCH_KEYS`] live keys of `slot` out of the keyspace into the in-flight set.
-fn take_batch(server: &Server, cluster: &Cluster, slot: u16) -> Vec<MovedEntry> {
+/// A key some replica may not hold yet stays, held in flight (its writers are answered
+/// TRYAGAIN) until the replicas have it, and is returned second: taken now, its replicas
+/// would keep an older value or its deletion, and lose the write should this node crash
+/// before the handover.
+fn take_batch(server: &Server, cluster: &Cluster, slot: u16) -> (Vec<MovedEntry>, Vec<Box<[u8]>>) {
     let mut db = server.keyspace.lock_slot(slot, now_ms());
     let keys = db.keys_in_slot(slot as usize, BATCH_KEYS);
+    let replication = server.replication.get();
     let mut entries = Vec::with_capacity(keys.len());
-    for key in &keys {
+    let mut held = Vec::new();
+    for key in keys {
+        if replication.is_some_and(|r| r.unreplicated(&key)) {
+            held.push(key);
+            continue;
+        }
         // A key past its TTL is removed as expired (write-behind deletes its row).
-        let Some(e) = db.peek(key) else { continue };
+        let Some(e) = db.peek(&key) else { continue };
         let (kind, value) = encode_value(&e.value);
         entries.push(MovedEntry { key: key.to_vec(), kind, value, expire_at: e.expire_at().unwrap_or(0) });
     }
     // Marked in flight before the keys leave, both under the shard lock.
-    cluster.hold_in_flight(entries.iter().map(|e| &e.key[..]));
+    cluster.hold_in_flight(entries.iter().map(|e| &e.key[..]).chain(held.iter().map(|k| &k[..])));
     for e in &entries {
         db.remove_migrated(&e.key);
     }
-    entries
+    (entries, held)
 }
 
 /// Restores a batch the target did not take (nobody could write these keys meanwhile:

@@ -97,10 +97,11 @@ pub fn recheck(
     let m = view.map.migrations.get(&slot).filter(|m| Some(m.from) == view.me)?;
     let (mut present, mut missing, mut travelling) = (0, 0, 0);
     for i in spec.keys.positions(args.len()) {
-        if db.exists(&args[i]) {
-            present += 1;
-        } else if cluster.is_in_flight(&args[i]) {
+        // A key held for its replicas to catch up is still here, but in flight all the same.
+        if cluster.is_in_flight(&args[i]) {
             travelling += 1;
+        } else if db.exists(&args[i]) {
+            present += 1;
         } else {
             missing += 1;
         }
@@ -169,7 +170,8 @@ pub fn check(
             let (present, missing) = presence(server, client.now_ms, &keys);
             match (present, missing) {
                 // Keys on their way to the target are in neither place a client can read.
-                (_, m) if m > 0 && keys.iter().any(|k| cluster.is_in_flight(k)) => Reply::error(TRYAGAIN),
+                // So are keys held for their replicas to catch up before they leave.
+                _ if keys.iter().any(|k| cluster.is_in_flight(k)) => Reply::error(TRYAGAIN),
                 (_, 0) => return None,
                 (0, _) => moved("ASK", slot, map, to, flags.tls),
                 _ => Reply::error(TRYAGAIN),

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use crate::cluster::bus::{BusClient, BusResponse};
 use crate::cluster::migration::{DataRequest, MovedEntry};
-use crate::cluster::state::SlotRole;
+use crate::cluster::state::{SlotRole, View};
 use crate::cluster::{Cluster, NodeId};
 use crate::config::ReplicationMode;
 use crate::persistence::record::{decode_value, encode_value};
@@ -116,6 +116,22 @@ impl Pending {
         self.by_key.is_empty()
     }
 
+    /// Drops the changes whose key `keep` refuses; returns their numbers.
+    fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        self.by_key.retain(|key, seq| {
+            let k = keep(key);
+            if !k {
+                dropped.push(*seq);
+            }
+            k
+        });
+        for seq in &dropped {
+            self.by_seq.remove(seq);
+        }
+        dropped
+    }
+
     /// Takes the `n` oldest changes.
     fn take(&mut self, n: usize) -> Vec<(u64, Box<[u8]>)> {
         let mut out = Vec::with_capacity(n.min(self.len()));
@@ -154,7 +170,17 @@ struct Queues {
     owed: std::collections::BTreeSet<NodeId>,
     /// The latest full sync request taken from each replica.
     sync_tokens: HashMap<NodeId, u64>,
+    /// Keys of batches on their way (taken from `pending`, not yet acknowledged or put back),
+    /// with how many batches carry each: with `pending`, what a replica may not hold yet.
+    sending: HashMap<Box<[u8]>, u32>,
+    /// Per replica, changes dropped unsent because the replica no longer replicates their
+    /// slot for this node: a writer waiting on one of them is never told it was applied there.
+    dropped: HashMap<NodeId, std::collections::BTreeSet<u64>>,
 }
+
+/// How many dropped change numbers are remembered per replica (writers wait a second or so;
+/// maps that drop changes are rare).
+const DROPPED_KEPT: usize = 65_536;
 
 /// Where a replica's full sync stands, as a primary's batch says.
 #[derive(Debug, Clone, Copy)]
@@ -220,13 +246,49 @@ impl Replication {
     }
 
     /// Puts back a batch `replica` did not take, at the changes' own numbers (waiters on them
-    /// keep waiting).
-    fn put_back(&self, replica: NodeId, keys: &[(u64, Box<[u8]>)]) {
+    /// keep waiting), but for keys `replica` no longer replicates for this node in `view`:
+    /// those are dropped, and their waiters are never told they were applied.
+    fn put_back(&self, replica: NodeId, keys: &[(u64, Box<[u8]>)], view: &View) {
         let mut dirty = self.dirty.lock();
-        let set = dirty.pending.entry(replica).or_default();
+        let Queues { pending, sending, dropped, .. } = &mut *dirty;
+        let set = pending.entry(replica).or_default();
         for (seq, key) in keys {
-            set.insert(key, *seq);
+            if replicates_for_me(view, key_slot(key), &replica) {
+                set.insert(key, *seq);
+            } else {
+                note_dropped(dropped, replica, *seq);
+            }
         }
+        release_sending(sending, keys);
+    }
+
+    /// A batch to a replica was acknowledged: its keys are no longer on their way.
+    fn sent(&self, keys: &[(u64, Box<[u8]>)]) {
+        release_sending(&mut self.dirty.lock().sending, keys);
+    }
+
+    /// Drops queued changes of slots a replica no longer replicates for this node (the map
+    /// changed): they would be refused forever.
+    fn prune(&self, view: &View) {
+        let mut dirty = self.dirty.lock();
+        let Queues { pending, dropped, .. } = &mut *dirty;
+        for (replica, keys) in pending.iter_mut() {
+            if view.map.index_of(replica).is_none() {
+                continue; // settled by the sender: a former member waits for nothing
+            }
+            for seq in keys.retain(|key| replicates_for_me(view, key_slot(key), replica)) {
+                note_dropped(dropped, *replica, seq);
+            }
+        }
+        pending.retain(|_, keys| !keys.is_empty());
+    }
+
+    /// Whether some replica may not hold the latest change of `key` yet (it is queued or on
+    /// its way): a slot's mover leaves such a key until it is, so the replicas that survive
+    /// the source's crash during the migration hold what the source acknowledged.
+    pub fn unreplicated(&self, key: &[u8]) -> bool {
+        let dirty = self.dirty.lock();
+        dirty.sending.contains_key(key) || dirty.pending.values().any(|p| p.by_key.contains_key(key))
     }
 
     /// Notes `keys` as to be sent to `replica`.
@@ -247,12 +309,15 @@ impl Replication {
     /// number its acknowledgement proves applied: every change for that replica up to it.
     fn take_batches(&self) -> Vec<Batch> {
         let mut dirty = self.dirty.lock();
-        let Queues { seq, pending, owed, sync_tokens } = &mut *dirty;
+        let Queues { seq, pending, owed, sync_tokens, sending, .. } = &mut *dirty;
         let mut out = Vec::new();
         for (node, keys) in pending.iter_mut() {
             let take = keys.take(BATCH_KEYS);
             if take.is_empty() {
                 continue;
+            }
+            for (_, key) in &take {
+                *sending.entry(key.clone()).or_default() += 1;
             }
             owed.remove(node);
             let upto = keys.by_seq.first_key_value().map_or(*seq, |(&first, _)| first - 1);
@@ -282,10 +347,16 @@ impl Replication {
         self.acks.send_modify(|n| *n += 1);
     }
 
-    /// How many of `replicas` have applied every change up to `seq`.
+    /// How many of `replicas` have applied every change up to `seq` (change `seq` itself not
+    /// dropped unsent for them).
     pub fn acked_count(&self, seq: u64, replicas: &[NodeId]) -> usize {
+        let dirty = self.dirty.lock();
         let acked = self.acked.lock();
-        replicas.iter().filter(|r| acked.get(r).is_some_and(|&a| a >= seq)).count()
+        replicas
+            .iter()
+            .filter(|r| acked.get(r).is_some_and(|&a| a >= seq))
+            .filter(|r| dirty.dropped.get(r).is_none_or(|d| !d.contains(&seq)))
+            .count()
     }
 
     /// Waits until `need` of `replicas` have applied every change up to `seq`, or `timeout`
@@ -371,8 +442,13 @@ impl ChangeListener for Replication {
         }
         let view = self.cluster.view();
         let Some(me) = view.me else { return };
+        // A slot migrating here is written here (ASK) before it is ours: those writes go to
+        // the slot's replicas too, so a source crashing before the handover loses none.
+        if !writes_for(&view, change.slot, me) {
+            return;
+        }
         let owners = &view.map.slots[change.slot as usize];
-        if owners.primary != Some(me) || owners.replicas.is_empty() {
+        if owners.replicas.is_empty() {
             return;
         }
         let mut dirty = self.dirty.lock();
@@ -423,6 +499,7 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
         let Some(me) = view.me else { continue };
         if view.map.epoch != epoch {
             epoch = view.map.epoch;
+            r.prune(&view);
             full_syncs(&server, &r, &view.map, me, &mut synced);
         }
         request_syncs(&r, &view, &mut links).await;
@@ -431,6 +508,7 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
         for Batch { replica: node, keys, upto, remaining, sync_token } in batches {
             let Some(info) = view.map.index_of(&node).map(|i| view.map.node(i).clone()) else {
                 // No longer a member: nothing to send, and nobody waits for it.
+                r.sent(&keys);
                 r.settled(node, upto);
                 continue;
             };
@@ -455,12 +533,13 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
                         .counters
                         .keys_replicated_out
                         .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+                    r.sent(&keys);
                     r.settled(node, upto);
                     more = true
                 }
                 other => {
-                    tracing::debug!(replica = %node, answer = ?other.map(|_| ()), "replication batch not taken; will retry");
-                    r.put_back(node, &keys);
+                    tracing::debug!(replica = %node, answer = ?other, "replication batch not taken; will retry");
+                    r.put_back(node, &keys, &r.cluster.view());
                     if keys.is_empty() {
                         r.dirty.lock().owed.insert(node);
                     }
@@ -470,6 +549,38 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
         }
         if more {
             r.wake.notify_one();
+        }
+    }
+}
+
+/// Whether this node writes `slot`'s changes to its replicas: it is the slot's primary, or
+/// the slot is migrating here.
+fn writes_for(view: &View, slot: u16, me: u16) -> bool {
+    view.map.slots[slot as usize].primary == Some(me)
+        || view.map.migrations.get(&slot).is_some_and(|m| m.to == me)
+}
+
+/// Whether `replica` replicates `slot` for this node in `view`.
+fn replicates_for_me(view: &View, slot: u16, replica: &NodeId) -> bool {
+    let (Some(me), Some(ri)) = (view.me, view.map.index_of(replica)) else { return false };
+    writes_for(view, slot, me) && view.map.slots[slot as usize].replicas.contains(&ri)
+}
+
+fn note_dropped(dropped: &mut HashMap<NodeId, std::collections::BTreeSet<u64>>, replica: NodeId, seq: u64) {
+    let d = dropped.entry(replica).or_default();
+    d.insert(seq);
+    if d.len() > DROPPED_KEPT {
+        d.pop_first();
+    }
+}
+
+fn release_sending(sending: &mut HashMap<Box<[u8]>, u32>, keys: &[(u64, Box<[u8]>)]) {
+    for (_, key) in keys {
+        if let Some(n) = sending.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                sending.remove(key);
+            }
         }
     }
 }
@@ -569,11 +680,13 @@ fn read_current<'k>(server: &Server, keys: impl ExactSizeIterator<Item = &'k [u8
     out
 }
 
-/// Applies a batch from the primary `from`, whose map had `epoch` (on a replica). A batch
-/// from a map newer than this node's is refused until this node has caught up (the primary
-/// retries); keys of slots this node does not replicate for `from` in its own map are
-/// ignored, so a late batch from a former primary cannot undo newer state; a slot whose
-/// stale copies are still being dropped refuses the batch, which is retried.
+/// Applies a batch from `from`, the primary of its slots or the node they migrate to, whose
+/// map had `epoch` (on a replica). A batch from a map newer than this node's is refused until
+/// this node has caught up (the sender retries). A key of a slot this node does not replicate
+/// for `from` in its own map refuses the batch, so a late batch from a former primary cannot
+/// undo newer state and its writers are not told this node holds what it does not (the
+/// sender drops such keys once its map has caught up). A slot whose stale copies are still
+/// being dropped refuses the batch too, which is retried.
 pub fn apply(
     server: &Server,
     from: NodeId,
@@ -598,9 +711,15 @@ pub fn apply(
             let mut db = server.keyspace.lock_keys([&k.key[..]], now_ms());
             let view = cluster.view();
             let owners = &view.map.slots[slot as usize];
-            let from_primary = owners.primary.is_some_and(|p| view.map.node(p).id == from);
+            let from_primary = owners.primary.is_some_and(|p| view.map.node(p).id == from)
+                || view.map.migrations.get(&slot).is_some_and(|m| view.map.node(m.to).id == from);
             if !from_primary || view.role(slot) != SlotRole::Replica {
-                continue;
+                // Refused, not skipped: an acknowledgement would tell the sender's writers
+                // that a node holds what it does not.
+                return Err(format!(
+                    "slot {slot} is not replicated here for the sender (epoch {})",
+                    view.map.epoch
+                ));
             }
             if !cluster.slot_ready(slot) {
                 return Err(format!("slot {slot} is not ready for replication yet"));
