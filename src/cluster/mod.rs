@@ -75,7 +75,6 @@ pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()>
     tokio::spawn(consensus.clone().reconcile(server.shutdown.clone()));
     tokio::spawn(consensus.clone().detect_failures(timeout, server.shutdown.clone()));
     tokio::spawn(consensus.clone().keep_lease(server.shutdown.clone()));
-    tokio::spawn(consensus.clone().elect_when_leader_silent(server.shutdown.clone()));
     tokio::spawn(consensus.clone().rejoin(timeout, server.shutdown.clone()));
     tokio::spawn(migration::run(server.clone()));
     tokio::spawn(stale::run(server.clone(), cluster_for_replication.clone()));
