@@ -29,11 +29,14 @@
 #               default; a member cut off from the leader for half of it answers CLUSTERDOWN)
 #   --quick     a smoke run: 1 rep, 20000 requests, 10000 keys (not for the record)
 #   --out       also write the markdown tables to FILE
+#   --failover-only N  only part 2, N kills of each kind, each in a fresh grid; prints one
+#               JSON line per kill and the median and maximum time until all keys took writes
+#   --bin PATH  run this cachegrid binary instead of building the release one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
-REPS=3; REQUESTS=600000; KEYS=100000; NODE_TIMEOUT=1000; OUT=""
+REPS=3; REQUESTS=600000; KEYS=100000; NODE_TIMEOUT=1000; OUT=""; FAILOVER_ONLY=0; BIN=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS="$2"; shift ;;
@@ -42,6 +45,8 @@ while [ $# -gt 0 ]; do
     --node-timeout) NODE_TIMEOUT="$2"; shift ;;
     --quick) REPS=1; REQUESTS=20000; KEYS=10000 ;;
     --out) OUT="$2"; shift ;;
+    --failover-only) FAILOVER_ONLY="$2"; shift ;;
+    --bin) BIN="$2"; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -49,9 +54,11 @@ done
 
 need_tools "redis-server redis-benchmark redis-cli python3" "redis-server redis-tools python3"
 
-echo "==> building cachegrid (release)" >&2
-cargo build --release --quiet --bin cachegrid -p cachegrid
-BIN=target/release/cachegrid
+if [ -z "$BIN" ]; then
+  echo "==> building cachegrid (release)" >&2
+  cargo build --release --quiet --bin cachegrid -p cachegrid
+  BIN=target/release/cachegrid
+fi
 
 TMP=$(mktemp -d)
 cleanup() {
@@ -205,8 +212,15 @@ def load(port, n):
         c = Conn(p, timeout=30)
         for i in range(0, len(cmds), 1000):
             chunk = cmds[i:i + 1000]
-            c.s.sendall(b"".join(chunk))
-            bad += sum(read(c.f) != "OK" for _ in chunk)
+            # A member that just joined can be fenced (CLUSTERDOWN) for a few seconds while
+            # it applies the log: refused SETs are sent again for up to 30 s.
+            for attempt in range(60):
+                c.s.sendall(b"".join(chunk))
+                chunk = [cmd for cmd in chunk if read(c.f) != "OK"]
+                if not chunk:
+                    break
+                time.sleep(0.5)
+            bad += len(chunk)
         c.close()
     if bad:
         sys.exit(f"{bad} of {n} SETs were refused")
@@ -369,6 +383,46 @@ ticks() {
   echo "$total"
 }
 
+# One SIGKILL of a 3-node grid's follower or Raft leader: appends "kind,{json}" to $FAILOVER.
+failover_once() {
+  local victim_kind=$1 name=fo-$1-$2 i victim leader out
+  echo "==> failover: SIGKILL the $victim_kind of a 3-node grid (R=1, node timeout 1000 ms)" >&2
+  start_grid "$name" 3 1 1000
+  g load "${SYS_PORTS[$name]%% *}" 10000
+  leader=$(g leader "${SYS_ADMINS[$name]%% *}")
+  ports=(${SYS_PORTS[$name]}); pids=(${SYS_PIDS[$name]})
+  victim=""
+  for i in 0 1 2; do
+    if { [ "$victim_kind" = leader ] && [ "${ports[$i]}" = "$leader" ]; } ||
+       { [ "$victim_kind" = follower ] && [ "${ports[$i]}" != "$leader" ]; }; then victim=$i; fi
+  done
+  out=$(g failover "$(csv "${SYS_PORTS[$name]}")" "${ports[$victim]}" "${pids[$victim]}")
+  echo "    $out" >&2
+  echo "$victim_kind,$out" >>"$FAILOVER"
+  for p in ${SYS_PIDS[$name]}; do kill "$p" 2>/dev/null || true; done
+}
+
+FAILOVER="$TMP/failover.csv"; : >"$FAILOVER"
+if [ "$FAILOVER_ONLY" -gt 0 ]; then
+  for i in $(seq "$FAILOVER_ONLY"); do
+    for victim_kind in follower leader; do
+      echo "==> failover $i/$FAILOVER_ONLY" >&2
+      failover_once "$victim_kind" "$i"
+    done
+  done
+  python3 - "$FAILOVER" <<'PY'
+import json, statistics, sys
+by = {}
+for line in open(sys.argv[1]):
+    kind, rest = line.split(",", 1)
+    by.setdefault(kind, []).append(json.loads(rest)["all_writes_s"])
+for kind, times in by.items():
+    ok = [t for t in times if t is not None]
+    print(f"{kind}: {len(times)} kills, all keys writable again after: median {statistics.median(ok):.2f} s, "
+          f"max {max(ok):.2f} s, each {', '.join(f'{t:.2f}' for t in ok)}; never: {len(times) - len(ok)}")
+PY
+  exit 0
+fi
 SYSTEMS=(grid3-r0 grid3-r1 redis-cluster3 grid1 redis-cluster1)
 echo "==> starting the systems under test" >&2
 start_grid grid3-r0 3 0 "$NODE_TIMEOUT"
@@ -425,23 +479,8 @@ LOAD_BENCH=$(sort -n "$LOADS" | tr '\n' ' ')
 for s in "${SYSTEMS[@]}"; do for p in ${SYS_PIDS[$s]}; do kill "$p" 2>/dev/null || true; done; done
 sleep 1
 
-FAILOVER="$TMP/failover.csv"; : >"$FAILOVER"
 for victim_kind in follower leader; do
-  echo "==> failover: SIGKILL the $victim_kind of a 3-node grid (R=1, node timeout 1000 ms)" >&2
-  name=fo-$victim_kind
-  start_grid "$name" 3 1 1000
-  g load "${SYS_PORTS[$name]%% *}" 10000
-  leader=$(g leader "${SYS_ADMINS[$name]%% *}")
-  ports=(${SYS_PORTS[$name]}); pids=(${SYS_PIDS[$name]})
-  victim=""
-  for i in 0 1 2; do
-    if { [ "$victim_kind" = leader ] && [ "${ports[$i]}" = "$leader" ]; } ||
-       { [ "$victim_kind" = follower ] && [ "${ports[$i]}" != "$leader" ]; }; then victim=$i; fi
-  done
-  out=$(g failover "$(csv "${SYS_PORTS[$name]}")" "${ports[$victim]}" "${pids[$victim]}")
-  echo "    $out" >&2
-  echo "$victim_kind,$out" >>"$FAILOVER"
-  for p in ${SYS_PIDS[$name]}; do kill "$p" 2>/dev/null || true; done
+  failover_once "$victim_kind" 0
 done
 
 echo "==> join: a 4th node joins a 3-node grid (R=1) holding $KEYS keys" >&2
