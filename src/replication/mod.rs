@@ -448,13 +448,15 @@ impl ChangeListener for Replication {
             return;
         }
         let owners = &view.map.slots[change.slot as usize];
-        if owners.replicas.is_empty() {
+        let target = view.map.migrations.get(&change.slot).map(|m| m.to);
+        let replicas: Vec<NodeId> =
+            owners.replicas.iter().filter(|&&r| Some(r) != target).map(|&r| view.map.node(r).id).collect();
+        if replicas.is_empty() {
             return;
         }
         let mut dirty = self.dirty.lock();
         dirty.seq += 1;
         let seq = dirty.seq;
-        let replicas: Vec<NodeId> = owners.replicas.iter().map(|&r| view.map.node(r).id).collect();
         for &replica in &replicas {
             let set = dirty.pending.entry(replica).or_default();
             if set.is_empty() {
@@ -560,10 +562,14 @@ fn writes_for(view: &View, slot: u16, me: u16) -> bool {
         || view.map.migrations.get(&slot).is_some_and(|m| m.to == me)
 }
 
-/// Whether `replica` replicates `slot` for this node in `view`.
+/// Whether `replica` replicates `slot` for this node in `view` (a slot's migration target
+/// never does: it refuses such batches, and a map listing it as a replica too would keep
+/// its changes queued for ever).
 fn replicates_for_me(view: &View, slot: u16, replica: &NodeId) -> bool {
     let (Some(me), Some(ri)) = (view.me, view.map.index_of(replica)) else { return false };
-    writes_for(view, slot, me) && view.map.slots[slot as usize].replicas.contains(&ri)
+    writes_for(view, slot, me)
+        && view.map.slots[slot as usize].replicas.contains(&ri)
+        && view.map.migrations.get(&slot).is_none_or(|m| m.to != ri)
 }
 
 fn note_dropped(dropped: &mut HashMap<NodeId, std::collections::BTreeSet<u64>>, replica: NodeId, seq: u64) {

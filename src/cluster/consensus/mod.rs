@@ -557,19 +557,21 @@ impl Consensus {
                 let id = n.id;
                 pings.spawn(async move {
                     let answer = link.call(&BusRequest::Ping, Duration::from_millis(500)).await;
-                    (id, link, matches!(answer, Ok(BusResponse::Pong)))
+                    (id, link, matches!(answer, Ok(BusResponse::Pong)), tokio::time::Instant::now())
                 });
             }
-            while let Some(Ok((id, link, ok))) = pings.join_next().await {
+            while let Some(Ok((id, link, ok, at))) = pings.join_next().await {
                 links.insert(id, link);
                 let (seen, answered) = last_ok.entry(id).or_insert((now, false));
                 // A member that joined under this leader and has not answered yet gets five
                 // times as long: a slow start is not a failure.
                 let limit = if *answered { timeout } else { timeout * 5 };
+                // Silence is measured when the ping failed, not now: a result read after this
+                // task waited (on a commit, on a stalled machine) is no evidence of that wait.
                 if ok {
-                    *seen = tokio::time::Instant::now();
+                    *seen = at;
                     *answered = true;
-                } else if seen.elapsed() > limit && replaceable(id) {
+                } else if at.saturating_duration_since(*seen) > limit && replaceable(id) {
                     tracing::warn!(node = %id, silent_ms = seen.elapsed().as_millis() as u64, "member not answering: failing it over");
                     match self.raft.client_write(GridCommand::Forget(id)).await {
                         Ok(r) => {
@@ -582,6 +584,10 @@ impl Consensus {
                         Err(e) => tracing::warn!(node = %id, error = %e, "failover not committed"),
                     }
                     last_ok.remove(&id);
+                    // One failover per round: the commit may have taken long, and the others'
+                    // results (and who can still be replaced) are from before it. They are
+                    // pinged afresh.
+                    break;
                 }
             }
         }
