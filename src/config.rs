@@ -122,6 +122,11 @@ pub struct Config {
     /// (removed, its slots given to their replicas). A member cut off from the leader stops
     /// serving its slots after half of this, so two primaries never serve one slot.
     pub cluster_node_timeout: u64,
+    /// A follower stands for election as soon as the Raft leader has been silent for 1.1 s
+    /// (plus a jitter), instead of openraft's own timer (about 3-4 s): a dead leader is
+    /// replaced in about 1.2 s. Off by default until measured further (docs/BENCHMARKS.md,
+    /// "Faster elections"). Every member of a grid should have the same setting.
+    pub cluster_fast_election: bool,
     /// How a slot's primary replicates writes of keys outside any `[[keyspace]]` with its own
     /// `replication`: `async` (answer at once, replicas catch up) or `sync` (answer once every
     /// replica of the slot has applied the write).
@@ -203,6 +208,7 @@ impl Default for Config {
             cluster_announce_ip: String::new(),
             cluster_join: Vec::new(),
             cluster_node_timeout: 1000,
+            cluster_fast_election: false,
             cluster_replication: ReplicationMode::Async,
             cluster_replication_timeout: 1000,
             protected_mode: true,

@@ -198,6 +198,10 @@ struct NodeArgs {
     #[arg(long = "cluster-node-timeout")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-node-timeout")]
     cluster_node_timeout: Option<u64>,
+    /// Stand for election 1.1 s after the Raft leader went silent instead of 3-4 s (default false).
+    #[arg(long = "cluster-fast-election")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-fast-election")]
+    cluster_fast_election: Option<bool>,
     /// Replication of writes in a grid: async (default) or sync.
     #[arg(long = "cluster-replication")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cluster-replication")]

@@ -69,12 +69,23 @@ pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()>
     let _ = server.cluster.set(cluster.clone());
     let cluster_for_replication = cluster.clone();
     let timeout = std::time::Duration::from_millis(config.cluster_node_timeout);
-    let consensus = Consensus::start(&raft_dir, info, config.cluster_replicas, cluster, timeout / 2).await?;
+    let consensus = Consensus::start(
+        &raft_dir,
+        info,
+        config.cluster_replicas,
+        cluster,
+        timeout / 2,
+        config.cluster_fast_election,
+    )
+    .await?;
     let _ = server.consensus.set(consensus.clone());
     tokio::spawn(bus::serve(listener, consensus.clone(), server.clone()));
     tokio::spawn(consensus.clone().reconcile(server.shutdown.clone()));
     tokio::spawn(consensus.clone().detect_failures(timeout, server.shutdown.clone()));
     tokio::spawn(consensus.clone().keep_lease(server.shutdown.clone()));
+    if config.cluster_fast_election {
+        tokio::spawn(consensus.clone().elect_when_leader_silent(server.shutdown.clone()));
+    }
     tokio::spawn(consensus.clone().rejoin(timeout, server.shutdown.clone()));
     tokio::spawn(migration::run(server.clone()));
     tokio::spawn(stale::run(server.clone(), cluster_for_replication.clone()));

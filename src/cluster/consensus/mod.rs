@@ -1,7 +1,8 @@
 //! Agreement on membership and the slot map through openraft (0.9): every member is a Raft
 //! voter, the log carries [`GridCommand`]s, and the state machine ([`machine`]) turns them into
-//! the [`GridState`] whose map every node installs. Nothing here votes or elects by itself:
-//! openraft does, over the cluster bus ([`crate::cluster::bus`]).
+//! the [`GridState`] whose map every node installs. Nothing here votes: openraft does, over
+//! the cluster bus ([`crate::cluster::bus`]); this module only tells it when to stand for
+//! election sooner than its own timer would ([`Consensus::elect_when_leader_silent`]).
 //!
 //! A node with no seeds bootstraps a grid of one. A node started with `--join` asks a member
 //! (any member: non-leaders forward to the leader) to add it; the leader adds it as a Raft
@@ -57,6 +58,14 @@ pub struct GridResponse {
 /// How long a forwarded join or leave may take: the leader waits for a new member to catch up.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Milliseconds between the leader's heartbeats.
+const HEARTBEAT_MS: u64 = 250;
+/// With `cluster-fast-election`: how long a follower refuses to vote for another candidate
+/// after its leader's last heartbeat (openraft 0.9 uses `election_timeout_max` for it). Safety does not rest on it: a
+/// silent member's slots move only after the failover timeout, and a member cut off stops
+/// serving after half of that.
+const VOTE_LEASE_MS: u64 = 1100;
+
 /// This node's part in the consensus group.
 pub struct Consensus {
     /// The Raft instance (metrics, shutdown).
@@ -77,6 +86,9 @@ pub struct Consensus {
     /// lease counts): a new leader starts the old one's failure clock there, not at its own
     /// election (see `detect_failures`).
     leader_contact: parking_lot::Mutex<Option<(NodeId, tokio::time::Instant)>>,
+    /// When this node last accepted AppendEntries from a leader (its own clock): how long the
+    /// leader has been silent, for [`Consensus::elect_when_leader_silent`].
+    heard_from_leader: parking_lot::Mutex<Option<tokio::time::Instant>>,
     /// This process's random start id and start time, stamped on its AppendEntries.
     boot: (u64, tokio::time::Instant),
     /// Per leader process, the smallest recent send-to-receive delay seen (see [`Delays`]).
@@ -150,6 +162,7 @@ impl Consensus {
         replicas: usize,
         cluster: Arc<Cluster>,
         lease: Duration,
+        fast_election: bool,
     ) -> anyhow::Result<Arc<Consensus>> {
         use anyhow::Context;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -157,15 +170,17 @@ impl Consensus {
         let machine = GridMachine::open(dir, cluster.clone()).context("cannot open the Raft snapshot")?;
         let config = openraft::Config {
             cluster_name: "cachegrid".into(),
-            // Generous for a loaded two-core machine: a missed heartbeat must not depose a
-            // healthy leader. openraft 0.9 lets a follower that knew a leader elect only after
-            // `election_timeout_max` (its leader lease) plus a random election timeout: a dead
-            // leader is replaced 3-4 s after its last heartbeat. Timeouts tied to the failover
-            // timeout (1.5-2 s) made the simulation's partition scenario spin on AppendEntries
-            // (docs/RELIABILITY.md): not shortened until that is understood.
-            heartbeat_interval: 250,
+            // A follower stands for election after 1 s without a heartbeat (4 missed: a
+            // loaded two-core machine must not depose a healthy leader), and grants votes
+            // once `election_timeout_max` (openraft 0.9's leader lease) has passed since its
+            // last heartbeat. Left to openraft alone, a dead leader is replaced only after
+            // that lease plus another random timeout (3-4 s with a 2 s lease); with
+            // `cluster-fast-election`, [`Consensus::elect_when_leader_silent`] stands right
+            // after a 1.1 s lease instead, so a dead leader is replaced ~1.2 s after its last
+            // heartbeat.
+            heartbeat_interval: HEARTBEAT_MS,
             election_timeout_min: 1000,
-            election_timeout_max: 2000,
+            election_timeout_max: if fast_election { VOTE_LEASE_MS } else { 2000 },
             snapshot_policy: SnapshotPolicy::LogsSinceLast(100),
             max_in_snapshot_log_to_keep: 100,
             ..Default::default()
@@ -192,6 +207,7 @@ impl Consensus {
             lease,
             watchdog: parking_lot::Mutex::new((tokio::time::Instant::now(), None)),
             leader_contact: parking_lot::Mutex::new(None),
+            heard_from_leader: parking_lot::Mutex::new(None),
             boot,
             delays: parking_lot::Mutex::new(HashMap::new()),
         }))
@@ -496,11 +512,77 @@ impl Consensus {
             let fenced = self.cluster.fenced();
             if fenced != was_fenced {
                 if fenced {
-                    tracing::warn!("cut off from the grid's majority: serving no keys until back in touch");
+                    tracing::warn!(me = %self.me.id, "cut off from the grid's majority: serving no keys until back in touch");
                 } else {
-                    tracing::info!("in touch with the grid's majority again: serving");
+                    tracing::info!(me = %self.me.id, "in touch with the grid's majority again: serving");
                 }
                 was_fenced = fenced;
+            }
+        }
+    }
+
+    /// Stands for election as soon as the leader has been silent for the vote lease plus a
+    /// random jitter (under 200 ms, so two followers rarely stand at once), instead of
+    /// openraft's own timer, which runs out inside the other voters' lease and then waits a
+    /// whole election timeout more. Another node's standing (the term moving on without this
+    /// node) counts as contact, so a follower that just voted does not stand against the
+    /// candidate it voted for. Only a voter that has had a leader stands, and once per leader
+    /// lost: a new grid, a joiner and a failed stand are left to openraft. Checked every 50 ms.
+    pub async fn elect_when_leader_silent(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        use rand::Rng;
+        let lease = Duration::from_millis(VOTE_LEASE_MS);
+        // openraft's generator: seeded under simulation, so a simulated run replays.
+        let jitter =
+            || Duration::from_millis(<RaftRuntime as openraft::AsyncRuntime>::thread_rng().gen_range(0..200));
+        let mut wait = lease + jitter();
+        // Since when nothing happened: the leader's last AppendEntries, another node's move to
+        // a new term, or this node's own last stand.
+        let mut quiet_since: Option<tokio::time::Instant> = None;
+        let (mut last_term, mut own_term) = (0u64, 0u64);
+        // Once per leader lost: should this stand fail, openraft's own timer retries. A node
+        // failed over while cut off still counts itself a voter; standing again and again, its
+        // ever higher terms would depose the grid's leader (openraft 0.9 has no pre-vote).
+        let (mut stood, mut last_heard) = (false, None);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            let now = tokio::time::Instant::now();
+            let (term, leading, voter) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                let voter = m.membership_config.membership().voter_ids().any(|v| v == self.me.id);
+                (m.current_term, m.state.is_leader(), voter)
+            };
+            let heard = *self.heard_from_leader.lock();
+            if heard.is_some_and(|h| quiet_since.is_none_or(|q| h > q)) && heard != last_heard {
+                quiet_since = heard;
+                last_heard = heard;
+                stood = false;
+            }
+            if term != last_term {
+                if term != own_term && quiet_since.is_some() {
+                    quiet_since = Some(now);
+                }
+                last_term = term;
+            }
+            let Some(quiet) = quiet_since else { continue };
+            if stood || leading || !voter || now.saturating_duration_since(quiet) < wait {
+                continue;
+            }
+            tracing::info!(
+                me = %self.me.id,
+                term,
+                silent_ms = now.saturating_duration_since(quiet).as_millis() as u64,
+                "the leader is silent: standing for election"
+            );
+            own_term = term + 1;
+            quiet_since = Some(now);
+            stood = true;
+            wait = lease + jitter();
+            if let Err(e) = self.raft.trigger().elect().await {
+                tracing::warn!(error = %e, "could not stand for election");
             }
         }
     }
@@ -723,6 +805,7 @@ impl Consensus {
                 let r = self.raft.append_entries(rpc).await;
                 if matches!(&r, Ok(openraft::raft::AppendEntriesResponse::Success)) {
                     *self.leader_contact.lock() = Some((leader, sent));
+                    *self.heard_from_leader.lock() = Some(received);
                     // The lease waits for the leader's commit to be applied here, but the reply
                     // does not: a held reply reorders heartbeats and appends at the leader,
                     // which openraft 0.9 takes for a follower's log going back (and panics).
