@@ -103,6 +103,9 @@ pub enum BusResponse {
     Membership(Result<u64, String>),
     /// To a binary import batch: keys stored, or why they were refused.
     Imported(Result<usize, String>),
+    /// To a binary `Committed` request: per written key space, by name, a write-behind
+    /// version up to which everything is in Postgres.
+    Committed(Vec<(String, u64)>),
     /// To [`BusRequest::Ping`].
     Pong,
     /// To [`BusRequest::Status`]: the node's own status; None while its admin port is not up.
@@ -351,11 +354,22 @@ async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(migration::DataRequest::Import { slot, entries }) => {
                     BusResponse::Imported(migration::import(&server, slot, entries))
                 }
-                Ok(migration::DataRequest::Replicate { from, epoch, remaining, sync_token, entries }) => {
+                Ok(migration::DataRequest::Replicate {
+                    from,
+                    epoch,
+                    remaining,
+                    sync_token,
+                    entries,
+                    versions,
+                }) => {
                     let from = crate::cluster::NodeId(from);
                     let sync = crate::replication::SyncProgress { token: sync_token, remaining };
-                    BusResponse::Imported(crate::replication::apply(&server, from, epoch, sync, entries))
+                    let applied = crate::replication::apply(&server, from, epoch, sync, entries, versions);
+                    BusResponse::Imported(applied)
                 }
+                Ok(migration::DataRequest::Committed) => BusResponse::Committed(
+                    server.persistence.get().map(|p| p.committed_marks()).unwrap_or_default(),
+                ),
                 Ok(migration::DataRequest::SyncMe { replica, epoch, token }) => {
                     let replica = crate::cluster::NodeId(replica);
                     BusResponse::Imported(crate::replication::sync_requested(&server, replica, epoch, token))

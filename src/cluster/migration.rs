@@ -56,7 +56,14 @@ pub enum DataRequest {
         sync_token: u64,
         /// Each key's current state.
         entries: Vec<crate::replication::ReplicatedKey>,
+        /// The sender's write-behind version counter, read after the entries: at least the
+        /// version of every change they carry (0 without backed key spaces). See
+        /// `persistence::handoff`.
+        versions: u64,
     },
+    /// From a replica: up to which write-behind version is each of your key spaces committed
+    /// to Postgres? (Answered with [`crate::cluster::bus::BusResponse::Committed`].)
+    Committed,
     /// From a replica: send me every key of the slots I replicate for you (`token` names the
     /// request; the sender's batches carry it from then on).
     SyncMe {

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod deadletters;
+pub mod handoff;
 pub mod health;
 pub mod loader;
 mod metrics;
@@ -75,6 +76,8 @@ pub struct Persistence {
     shared: Arc<Shared>,
     versions: AtomicU64,
     read_through: bool,
+    /// On a replica: keys its primaries changed that may not be in Postgres yet.
+    pub handoff: handoff::Handoff,
 }
 
 /// A write-through write the reply must wait for.
@@ -147,6 +150,7 @@ impl Persistence {
             shared: shared.clone(),
             versions: AtomicU64::new(max_version),
             read_through,
+            handoff: handoff::Handoff::default(),
         });
         for w in p.spaces.iter().filter_map(|s| s.writer.clone()) {
             tokio::spawn(w.clone().run(shared.clone()));
@@ -159,6 +163,67 @@ impl Persistence {
     /// The backed key space `key` belongs to (the first whose pattern matches).
     fn space_of(&self, key: &[u8]) -> Option<(usize, &Space)> {
         self.spaces.iter().enumerate().find(|(_, s)| glob_match(s.cfg.pattern.as_bytes(), key, false))
+    }
+
+    /// The write version counter: at least the version of every change made so far. A
+    /// primary stamps its replication batches with it (read after their keys).
+    pub fn versions_upto(&self) -> u64 {
+        self.versions.load(Ordering::Acquire)
+    }
+
+    /// Per written key space, by name: a version up to which all its records are committed
+    /// (what a primary reports to its replicas, see `handoff`).
+    pub fn committed_marks(&self) -> Vec<(String, u64)> {
+        let written = self.spaces.iter().filter_map(|s| Some((&s.cfg.name, s.writer.as_ref()?)));
+        written.map(|(name, w)| (name.clone(), w.committed_upto(&self.versions))).collect()
+    }
+
+    /// On a replica: notes the keys of written key spaces in a batch `from` sent, stamped
+    /// with its version counter `upto` (see `handoff`). Each key comes with whether it was
+    /// deleted.
+    pub fn note_replicated(&self, from: crate::cluster::NodeId, upto: u64, keys: &[(Vec<u8>, bool)]) {
+        let written = keys.iter().filter_map(|(key, deleted)| {
+            let (i, space) = self.space_of(key)?;
+            space.writer.as_ref().map(|_| (&key[..], i, *deleted))
+        });
+        self.handoff.note(from, upto, written);
+    }
+
+    /// On a replica: `from` reports `marks` (see [`Persistence::committed_marks`]); returns
+    /// how many notes they covered.
+    pub fn apply_marks(&self, from: crate::cluster::NodeId, marks: &[(String, u64)]) -> usize {
+        let space = |name: &str| self.spaces.iter().position(|s| s.cfg.name == name);
+        marks.iter().filter_map(|(name, upto)| Some(self.handoff.committed(from, space(name)?, *upto))).sum()
+    }
+
+    /// Writes `keys` behind again from this node's copy, with new versions: a primary that
+    /// left the grid may not have written them (see `handoff`). A key noted as deleted is
+    /// deleted; one absent here but not noted deleted (expired or evicted on this node) is
+    /// left alone, since a deletion could drop a row the grid still needs. Returns how many
+    /// records were queued.
+    pub fn requeue(&self, server: &Server, keys: &[(Box<[u8]>, bool)]) -> usize {
+        let now = crate::store::clock::now_ms();
+        let mut queued = 0;
+        for (key, deleted) in keys {
+            let Some((_, space)) = self.space_of(key) else { continue };
+            let Some(w) = &space.writer else { continue };
+            let mut db = server.keyspace.lock_keys([&key[..]], now);
+            let op = match db.peek(key) {
+                Some(e) => {
+                    let (kind, value) = encode_value_shared(&e.value);
+                    Op::Put { kind, value, expires_at_ms: e.expire_at() }
+                }
+                None if *deleted => Op::Delete,
+                None => continue,
+            };
+            w.queue.push(&self.versions, key, crate::store::key_slot(key), op);
+            queued += 1;
+        }
+        self.handoff.requeued.fetch_add(queued as u64, Ordering::Relaxed);
+        for w in self.spaces.iter().filter_map(|s| s.writer.as_ref()) {
+            w.queue.write_pending();
+        }
+        queued
     }
 
     /// The key spaces, for inspection.
@@ -321,6 +386,9 @@ impl Persistence {
         let _ = write!(out, "postgres_status_changes:{}\r\n", h.changes.load(Ordering::Relaxed));
         let _ = write!(out, "postgres_status_since:{}\r\n", h.since_ms.load(Ordering::Relaxed) / 1000);
         let _ = write!(out, "postgres_last_error:{}\r\n", h.last_error().replace(['\r', '\n'], " "));
+        let _ = write!(out, "writebehind_handoff_keys:{}\r\n", self.handoff.len());
+        let _ =
+            write!(out, "writebehind_handoff_requeued:{}\r\n", self.handoff.requeued.load(Ordering::Relaxed));
         for s in &self.spaces {
             let name = &s.cfg.name;
             let mode = match s.cfg.mode {

@@ -110,6 +110,8 @@ pub struct DurableQueue {
     synced: watch::Sender<u64>,
     /// Records written to disk, waiting for the writer to pick them up.
     ready: Mutex<Vec<Record>>,
+    /// Records the writer has taken from `ready` so far.
+    taken: AtomicU64,
     /// Bytes of live segments plus the unwritten buffer: what the bound applies to.
     bytes: AtomicU64,
     /// Every record up to this version is committed (or dead-lettered).
@@ -204,6 +206,7 @@ impl DurableQueue {
             written: AtomicU64::new(0),
             synced: watch::channel(0).0,
             ready: Mutex::new(Vec::new()),
+            taken: AtomicU64::new(0),
             bytes: AtomicU64::new(total),
             committed: AtomicU64::new(0),
             disk: Arc::new(Disk::default()),
@@ -338,7 +341,21 @@ impl DurableQueue {
 
     /// Takes the records written to disk since the last call.
     pub fn take_ready(&self) -> Vec<Record> {
-        std::mem::take(&mut *self.ready.lock())
+        let records = std::mem::take(&mut *self.ready.lock());
+        self.taken.fetch_add(records.len() as u64, Ordering::Release);
+        records
+    }
+
+    /// Records pushed so far, once any push under way has finished: every record whose
+    /// version was taken before this call is counted.
+    pub fn pushed_settled(&self) -> u64 {
+        drop(self.pending.lock());
+        self.pushed.load(Ordering::Acquire)
+    }
+
+    /// Records the writer has taken so far (see [`DurableQueue::take_ready`]).
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Acquire)
     }
 
     /// Deletes (on the disk thread) segments all of whose records have versions `<= committed`.

@@ -247,6 +247,23 @@ impl Writer {
         s.map.get(key).map(|p| p.rec.op.clone()).or_else(|| s.inflight.get(key).cloned())
     }
 
+    /// A version up to which every record of this key space is committed (or dead-lettered):
+    /// the oldest uncommitted record's version less one or, when nothing is pushed and not yet
+    /// committed, `versions` as it was on entry (every later record gets a higher version).
+    /// What a primary tells its replicas (see `handoff`).
+    pub fn committed_upto(&self, versions: &AtomicU64) -> u64 {
+        let now = versions.load(Ordering::Acquire);
+        // Records whose versions are at most `now` are all counted in `pushed` after this.
+        let pushed = self.queue.pushed_settled();
+        // `taken` and the ring change together, under the state lock (`pump`).
+        let s = self.state.lock();
+        if s.ring.is_empty() && self.queue.taken() == pushed {
+            now
+        } else {
+            s.watermark()
+        }
+    }
+
     /// Keys waiting or in flight, and the age of the oldest, for INFO.
     pub fn pending(&self) -> (usize, Duration) {
         let s = self.state.lock();

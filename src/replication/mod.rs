@@ -242,6 +242,7 @@ impl Replication {
         });
         server.keyspace.add_listener(r.clone());
         tokio::spawn(send_loop(server.clone(), r.clone()));
+        tokio::spawn(handoff_loop(server.clone(), r.cluster.clone()));
         r
     }
 
@@ -518,6 +519,8 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
                 .entry(node)
                 .or_insert_with(|| BusClient::new(crate::cluster::consensus::bus_address(&info)));
             let entries = read_current(&server, keys.iter().map(|(_, k)| &k[..]));
+            // Read after the entries: no change they carry has a higher write-behind version.
+            let versions = server.persistence.get().map_or(0, |p| p.versions_upto());
             if !entries.is_empty() {
                 crate::faults::point("replication-before-send");
             }
@@ -527,6 +530,7 @@ async fn send_loop(server: Arc<Server>, r: Arc<Replication>) {
                 remaining,
                 sync_token,
                 entries,
+                versions,
             };
             match link.call_data(&request, BATCH_TIMEOUT).await {
                 Ok(BusResponse::Imported(Ok(_))) => {
@@ -699,6 +703,7 @@ pub fn apply(
     epoch: u64,
     sync: SyncProgress,
     keys: Vec<ReplicatedKey>,
+    versions: u64,
 ) -> Result<usize, String> {
     let cluster = server.cluster.get().ok_or("not in cluster mode")?;
     // Checked once for the batch (maps only move forward): an empty batch ("nothing more
@@ -709,6 +714,9 @@ pub fn apply(
     }
     let limits = server.keyspace.settings.hash_limits();
     let mut applied = 0;
+    // Keys of backed key spaces the sender may not have written to Postgres yet.
+    let persistence = server.persistence.get().filter(|_| versions > 0);
+    let mut noted = Vec::new();
     APPLYING.with(|a| a.set(true));
     let result = crate::persistence::loading(|| {
         for k in keys {
@@ -730,6 +738,9 @@ pub fn apply(
             if !cluster.slot_ready(slot) {
                 return Err(format!("slot {slot} is not ready for replication yet"));
             }
+            if persistence.is_some() {
+                noted.push((k.key.clone(), k.entry.is_none()));
+            }
             match k.entry.and_then(|e| decode_value(e.kind, &e.value, limits).map(|v| (v, e.expire_at))) {
                 Some((value, expire_at)) => {
                     db.set(&k.key, value, expire_at);
@@ -748,6 +759,9 @@ pub fn apply(
             crate::faults::point("replica-applied-before-ack");
         }
         cluster.counters.keys_replicated_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = persistence {
+            p.note_replicated(from, versions, &noted);
+        }
         if let Some((epoch, slots)) = cluster.synced_from(from, sync.token, sync.remaining) {
             if let Some(consensus) = server.consensus.get() {
                 tokio::spawn(consensus.clone().report_caught_up(epoch, slots));
@@ -755,4 +769,55 @@ pub fn apply(
         }
     }
     result
+}
+
+/// On a replica with backed key spaces: asks the primaries it holds write-behind notes for
+/// how far they have written to Postgres (dropping the notes covered), and after every map
+/// change writes behind the noted keys of primaries that left the grid whose slots this
+/// node now serves (see `persistence::handoff`).
+async fn handoff_loop(server: Arc<Server>, cluster: Arc<Cluster>) {
+    let Some(p) = server.persistence.get().cloned() else { return };
+    let mut links: HashMap<NodeId, BusClient> = HashMap::new();
+    let mut epoch = 0;
+    let mut asked = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let view = cluster.view();
+        if view.map.epoch != epoch {
+            epoch = view.map.epoch;
+            if !p.handoff.is_empty() {
+                let takeover = p.handoff.map_changed(&view);
+                if !takeover.requeue.is_empty() {
+                    let queued = p.requeue(&server, &takeover.requeue);
+                    tracing::info!(
+                        keys = queued,
+                        epoch,
+                        "writing behind again the keys a primary that left the grid may not have written"
+                    );
+                }
+            }
+        }
+        if asked.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        asked = tokio::time::Instant::now();
+        for primary in p.handoff.senders() {
+            let Some(info) = view.map.index_of(&primary).map(|i| view.map.node(i).clone()) else { continue };
+            let link = links
+                .entry(primary)
+                .or_insert_with(|| BusClient::new(crate::cluster::consensus::bus_address(&info)));
+            match link.call_data(&DataRequest::Committed, Duration::from_secs(1)).await {
+                Ok(BusResponse::Committed(marks)) => {
+                    p.apply_marks(primary, &marks);
+                }
+                other => {
+                    tracing::debug!(%primary, answer = ?other.map(|_| ()), "write-behind report not had")
+                }
+            }
+        }
+        links.retain(|id, _| view.map.index_of(id).is_some());
+    }
 }

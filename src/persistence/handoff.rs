@@ -1,0 +1,187 @@
+//! Write-behind across a failover. A primary's pending database writes live in its own
+//! durable queue; if the primary dies for good, that queue dies with it. So a replica keeps,
+//! for each key of a backed key space its primary has changed, a note: which primary sent it
+//! and a version bound (the primary's write version counter when it read the batch, which
+//! is at least the version of the change). The primary reports, per key space, a version up
+//! to which everything is committed in Postgres; notes at or under it are dropped. When the
+//! grid removes a primary (failed over or forgotten) and this node takes its slots, the
+//! notes of those slots are written behind again from this node's copy, with this node's
+//! (newer) versions: nothing the dead primary had not yet written is lost, and nothing is
+//! written twice out of order (the upsert's version check).
+//!
+//! A primary that restarts on its own directory replays its queue itself, so notes of a
+//! sender still in the map are dropped once it no longer writes their slot.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use parking_lot::Mutex;
+
+use crate::cluster::state::{SlotRole, View};
+use crate::cluster::NodeId;
+use crate::store::key_slot;
+
+/// Keys of backed key spaces changed by a primary and maybe not yet in Postgres (on a replica).
+#[derive(Default)]
+pub struct Handoff {
+    inner: Mutex<Notes>,
+    /// Records written behind again for primaries that left the grid (INFO).
+    pub requeued: std::sync::atomic::AtomicU64,
+}
+
+/// A sender's notes of one key space, ordered by version bound.
+type ByVersion = BTreeSet<(u64, Box<[u8]>)>;
+
+#[derive(Default)]
+struct Notes {
+    /// Key → (sender, key space index, version bound, whether the sender had deleted it).
+    by_key: HashMap<Box<[u8]>, (NodeId, usize, u64, bool)>,
+    /// Per (sender, key space): the keys by version bound, to drop what a report covers.
+    by_sender: BTreeMap<(NodeId, usize), ByVersion>,
+}
+
+impl Notes {
+    fn remove(&mut self, key: &[u8]) {
+        if let Some((from, space, upto, _)) = self.by_key.remove(key) {
+            if let Some(set) = self.by_sender.get_mut(&(from, space)) {
+                set.remove(&(upto, Box::from(key)));
+                if set.is_empty() {
+                    self.by_sender.remove(&(from, space));
+                }
+            }
+        }
+    }
+}
+
+/// What to do with the notes after a map change (see [`Handoff::map_changed`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Takeover {
+    /// Keys to write behind again, with whether their primary had deleted them: it left the
+    /// grid and this node now serves them.
+    pub requeue: Vec<(Box<[u8]>, bool)>,
+    /// Notes dropped: their primary still writes them, or the slot is no longer this node's.
+    pub dropped: usize,
+}
+
+impl Handoff {
+    /// Notes `keys` (each with its key space index and whether it was deleted) as changed by
+    /// `from`, whose versions were at most `upto` when it read them.
+    pub fn note<'k>(&self, from: NodeId, upto: u64, keys: impl IntoIterator<Item = (&'k [u8], usize, bool)>) {
+        let mut n = self.inner.lock();
+        for (key, space, deleted) in keys {
+            n.remove(key);
+            n.by_key.insert(key.into(), (from, space, upto, deleted));
+            n.by_sender.entry((from, space)).or_default().insert((upto, key.into()));
+        }
+    }
+
+    /// `from` reports every record of key space `space` up to version `upto` committed:
+    /// its notes at or under it are dropped. Returns how many.
+    pub fn committed(&self, from: NodeId, space: usize, upto: u64) -> usize {
+        let mut n = self.inner.lock();
+        let Some(set) = n.by_sender.get_mut(&(from, space)) else { return 0 };
+        let keep = set.split_off(&(upto.saturating_add(1), Box::default()));
+        let done = std::mem::replace(set, keep);
+        if set.is_empty() {
+            n.by_sender.remove(&(from, space));
+        }
+        for (_, key) in &done {
+            n.by_key.remove(key);
+        }
+        done.len()
+    }
+
+    /// After a map change: notes of a sender that left the grid are handed over (slots this
+    /// node is now primary of) or dropped (slots it does not serve); notes of a sender still
+    /// in the grid stay while it writes their slot and this node replicates it, and are
+    /// dropped otherwise (its own queue, replayed after a restart, still has them).
+    pub fn map_changed(&self, view: &View) -> Takeover {
+        let mut n = self.inner.lock();
+        let mut out = Takeover::default();
+        let senders: Vec<(NodeId, usize)> = n.by_sender.keys().copied().collect();
+        for (from, space) in senders {
+            let member = view.map.index_of(&from);
+            let set = n.by_sender.get(&(from, space)).expect("listed");
+            let mut gone = Vec::new();
+            for (_, key) in set {
+                let slot = key_slot(key);
+                let keep = match member {
+                    Some(i) => {
+                        let writes = view.map.slots[slot as usize].primary == Some(i)
+                            || view.map.migrations.get(&slot).is_some_and(|m| m.to == i);
+                        writes && view.role(slot) == SlotRole::Replica
+                    }
+                    None => {
+                        if view.role(slot) == SlotRole::Primary {
+                            let deleted = n.by_key.get(key).is_some_and(|e| e.3);
+                            out.requeue.push((key.clone(), deleted));
+                        } else {
+                            out.dropped += 1;
+                        }
+                        false
+                    }
+                };
+                if !keep {
+                    if member.is_some() {
+                        out.dropped += 1;
+                    }
+                    gone.push(key.clone());
+                }
+            }
+            for key in gone {
+                n.remove(&key);
+            }
+        }
+        out
+    }
+
+    /// The senders with notes (primaries this node should ask for reports).
+    pub fn senders(&self) -> Vec<NodeId> {
+        let n = self.inner.lock();
+        let mut out: Vec<NodeId> = n.by_sender.keys().map(|(s, _)| *s).collect();
+        out.dedup();
+        out
+    }
+
+    /// How many keys are noted.
+    pub fn len(&self) -> usize {
+        self.inner.lock().by_key.len()
+    }
+
+    /// Whether nothing is noted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> NodeId {
+        NodeId([b; 20])
+    }
+
+    #[test]
+    fn a_report_drops_the_notes_it_covers_and_keeps_newer_ones() {
+        let h = Handoff::default();
+        h.note(id(1), 10, [(&b"a"[..], 0, false), (&b"b"[..], 0, true)]);
+        h.note(id(1), 20, [(&b"c"[..], 0, false)]);
+        assert_eq!(h.committed(id(1), 0, 15), 2);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.committed(id(2), 0, 100), 0, "another sender's report covers nothing here");
+        assert_eq!(h.committed(id(1), 1, 100), 0, "nor another key space's");
+        assert_eq!(h.committed(id(1), 0, 20), 1);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn a_key_noted_again_keeps_only_its_newest_bound() {
+        let h = Handoff::default();
+        h.note(id(1), 10, [(&b"a"[..], 0, false)]);
+        h.note(id(1), 30, [(&b"a"[..], 0, false)]);
+        assert_eq!(h.committed(id(1), 0, 20), 0, "the change at 30 is not covered");
+        assert_eq!(h.len(), 1);
+        h.note(id(2), 5, [(&b"a"[..], 0, false)]);
+        assert_eq!(h.senders(), vec![id(2)], "the key's latest sender is the one that counts");
+    }
+}
