@@ -41,12 +41,13 @@ FEATURES=(--features cachegrid/failpoints)
 # swaps the node's sockets: its own run, rebuilding only this crate (docs/RELIABILITY.md).
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets "${FEATURES[@]}" --retries 1 "$@"
-  # The deterministic simulation (tests/sim.rs) needs its own build of the crate.
-  cargo nextest run -p cachegrid --features simulation --test sim --retries 1
+  # The deterministic simulation (tests/sim.rs) needs its own build of the crate; the same
+  # workspace and features otherwise, so only cachegrid itself is compiled again.
+  cargo nextest run --workspace "${FEATURES[@]}" --features cachegrid/simulation --test sim --retries 1
   cargo test --workspace --doc
 else
   echo "cargo-nextest not found: running cargo test (no retries)" >&2
   cargo test --workspace --all-targets "${FEATURES[@]}" "$@"
-  cargo test -p cachegrid --features simulation --test sim
+  cargo test --workspace "${FEATURES[@]}" --features cachegrid/simulation --test sim
   cargo test --workspace --doc
 fi

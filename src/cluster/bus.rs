@@ -250,29 +250,41 @@ impl BusClient {
             crate::faults::Outbound::Delay(d) => d,
             crate::faults::Outbound::Pass => Duration::ZERO,
         };
+        // The connection is taken out of the slot for the exchange and put back only once the
+        // answer is read. A caller that drops this future midway (openraft times its RPCs out
+        // itself, at the heartbeat interval) drops the connection with it: left in the slot,
+        // its late answer would be read as the next call's (a leader took a stale Conflict for
+        // an AppendEntries from the log's start and panicked; a stale Success could make it
+        // count entries a follower never got).
         let exchange = async {
             if !hold.is_zero() {
                 tokio::time::sleep(hold).await;
             }
-            if slot.is_none() {
-                let stream = TcpStream::connect(&peer).await?;
-                stream.set_nodelay(true)?;
-                *slot = Some(match TLS.get() {
-                    None => Box::new(stream),
-                    Some(tls) => {
-                        let name = crate::tls::BusTls::server_name(&peer);
-                        Box::new(tls.connector.connect(name, stream).await?)
+            let mut stream: Box<dyn BusStream> = match slot.take() {
+                Some(stream) => stream,
+                None => {
+                    let stream = TcpStream::connect(&peer).await?;
+                    stream.set_nodelay(true)?;
+                    match TLS.get() {
+                        None => Box::new(stream),
+                        Some(tls) => {
+                            let name = crate::tls::BusTls::server_name(&peer);
+                            Box::new(tls.connector.connect(name, stream).await?)
+                        }
                     }
-                });
-            }
-            let stream = slot.as_mut().expect("connected above");
-            write_body(stream, body).await?;
-            read_frame::<BusResponse, _>(stream)
-                .await?
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "peer closed the bus"))
+                }
+            };
+            write_body(&mut stream, body).await?;
+            let response = read_frame::<BusResponse, _>(&mut stream).await?.ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "peer closed the bus")
+            })?;
+            Ok::<_, std::io::Error>((stream, response))
         };
         let result = match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(response)) => return Ok(response),
+            Ok(Ok((stream, response))) => {
+                *slot = Some(stream);
+                return Ok(response);
+            }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                 Err(BusError::Protocol { peer: peer.clone(), reason: e.to_string() })
             }
@@ -351,8 +363,8 @@ async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin>(
     while let Some(body) = read_body(&mut stream).await? {
         let response = if body.first() == Some(&migration::BINARY_FRAME) {
             match migration::decode(&body[1..]) {
-                Ok(migration::DataRequest::Import { slot, entries }) => {
-                    BusResponse::Imported(migration::import(&server, slot, entries))
+                Ok(migration::DataRequest::Import { slot, entries, versions }) => {
+                    BusResponse::Imported(migration::import(&server, slot, entries, versions))
                 }
                 Ok(migration::DataRequest::Replicate {
                     from,

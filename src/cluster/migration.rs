@@ -80,6 +80,10 @@ pub enum DataRequest {
         slot: u16,
         /// Its keys.
         entries: Vec<MovedEntry>,
+        /// The sender's write-behind version counter, read after the entries (0 without
+        /// backed key spaces): the receiver notes the keys until the sender has written
+        /// them to Postgres (see `persistence::handoff`).
+        versions: u64,
     },
 }
 
@@ -94,7 +98,7 @@ pub fn decode(body: &[u8]) -> Result<DataRequest, String> {
 
 /// Stores imported keys (on the slot's new primary). Accepted only for a slot migrating here
 /// or already handed over here (a batch retried after the handover).
-pub fn import(server: &Server, slot: u16, entries: Vec<MovedEntry>) -> Result<usize, String> {
+pub fn import(server: &Server, slot: u16, entries: Vec<MovedEntry>, versions: u64) -> Result<usize, String> {
     let cluster = server.cluster.get().ok_or("not in cluster mode")?;
     if slot as usize >= crate::store::SLOT_COUNT {
         return Err(format!("no slot {slot}"));
@@ -111,6 +115,10 @@ pub fn import(server: &Server, slot: u16, entries: Vec<MovedEntry>) -> Result<us
         return Err(format!("slot {slot} is not ready to import yet (epoch {})", view.map.epoch));
     }
     let mut stored = 0;
+    // The source's queue may not have written them yet: noted until it has.
+    let source = view.map.migrations.get(&slot).map(|m| view.map.node(m.from).id);
+    let persistence = server.persistence.get().filter(|_| versions > 0);
+    let mut noted = Vec::new();
     // The keys are in Postgres already (or queued at the source): no write-behind here.
     crate::persistence::loading(|| {
         for e in entries {
@@ -120,9 +128,16 @@ pub fn import(server: &Server, slot: u16, entries: Vec<MovedEntry>) -> Result<us
             if let Some(value) = decode_value(e.kind, &e.value, limits) {
                 db.set(&e.key, value, e.expire_at);
                 stored += 1;
+                if persistence.is_some() {
+                    noted.push((e.key, false));
+                }
             }
         }
     });
+    drop(db);
+    if let (Some(p), Some(source)) = (persistence, source) {
+        p.note_replicated(source, versions, &noted);
+    }
     cluster.counters.keys_migrated_in.fetch_add(stored as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(stored)
 }
@@ -214,7 +229,9 @@ async fn move_slots(
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
-            let request = DataRequest::Import { slot, entries };
+            // Read after the entries: no change they carry has a higher write-behind version.
+            let versions = server.persistence.get().map_or(0, |p| p.versions_upto());
+            let request = DataRequest::Import { slot, entries, versions };
             let answer = client.call_data(&request, BATCH_TIMEOUT).await;
             let DataRequest::Import { entries, .. } = request else { unreachable!("built above") };
             match answer {

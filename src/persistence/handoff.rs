@@ -9,8 +9,10 @@
 //! (newer) versions: nothing the dead primary had not yet written is lost, and nothing is
 //! written twice out of order (the upsert's version check).
 //!
-//! A primary that restarts on its own directory replays its queue itself, so notes of a
-//! sender still in the map are dropped once it no longer writes their slot.
+//! Keys a migration brings are noted the same way, with the source as sender: a source that
+//! dies after handing a slot over has not always written the slot's keys yet. A sender still
+//! in the map (a primary that restarted on its own directory replays its queue) keeps its
+//! notes on the node that now serves the slot until its report covers them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -92,8 +94,8 @@ impl Handoff {
 
     /// After a map change: notes of a sender that left the grid are handed over (slots this
     /// node is now primary of) or dropped (slots it does not serve); notes of a sender still
-    /// in the grid stay while it writes their slot and this node replicates it, and are
-    /// dropped otherwise (its own queue, replayed after a restart, still has them).
+    /// in the grid stay while this node replicates the sender's slot or serves it, until the
+    /// sender's report covers them, and are dropped otherwise.
     pub fn map_changed(&self, view: &View) -> Takeover {
         let mut n = self.inner.lock();
         let mut out = Takeover::default();
@@ -105,11 +107,16 @@ impl Handoff {
             for (_, key) in set {
                 let slot = key_slot(key);
                 let keep = match member {
-                    Some(i) => {
-                        let writes = view.map.slots[slot as usize].primary == Some(i)
-                            || view.map.migrations.get(&slot).is_some_and(|m| m.to == i);
-                        writes && view.role(slot) == SlotRole::Replica
-                    }
+                    // A replica of the sender's slot, or the node its slot moved to (the
+                    // sender still has to write what it queued before the move).
+                    Some(i) => match view.role(slot) {
+                        SlotRole::Replica => {
+                            view.map.slots[slot as usize].primary == Some(i)
+                                || view.map.migrations.get(&slot).is_some_and(|m| m.to == i)
+                        }
+                        SlotRole::Primary | SlotRole::Importing => true,
+                        SlotRole::None => false,
+                    },
                     None => {
                         if view.role(slot) == SlotRole::Primary {
                             let deleted = n.by_key.get(key).is_some_and(|e| e.3);
