@@ -272,8 +272,19 @@ impl GridState {
             let now = current.assignment[slot].primary.filter(is_member);
             let under_way =
                 current.migrations.get(&(slot as u16)).filter(|(f, to)| is_member(f) && is_active(to));
+            // A migration whose target is gone (failed over) or leaving stops. The keys already
+            // moved are no longer on the source, but the slot's replicas hold every key (the
+            // source's changes and the target's writes both went to them), so one of them
+            // takes the slot over, as if the source were gone; the source syncs again from it.
+            let aborted = under_way.is_none() && current.migrations.contains_key(&(slot as u16));
+            let heir =
+                if aborted { self.successor(slot as u16, &current.assignment[slot].replicas) } else { None };
             let (primary, migration) = match (now, under_way, t.primary) {
                 (Some(p), Some(&(_, to)), _) => (Some(p), Some((p, to))),
+                (Some(_), None, t) if heir.is_some() => match (heir, t) {
+                    (Some(r), Some(t)) if r != t => (Some(r), Some((r, t))),
+                    (r, _) => (r, None),
+                },
                 (Some(p), None, Some(t)) if p != t => (Some(p), Some((p, t))),
                 (Some(p), None, _) => (Some(p), None),
                 // The primary is gone: a surviving replica (it holds the data) takes over, and
@@ -442,6 +453,35 @@ mod tests {
         let now = g.map.node(g.map.slots[slot as usize].primary.unwrap()).id;
         assert_eq!(now, old, "the caught-up replica, not the newcomer, takes slot {slot} over");
         g.map.validate().unwrap();
+    }
+
+    #[test]
+    fn a_migration_whose_target_is_failed_over_hands_the_slot_to_a_replica_not_back_to_the_source() {
+        let mut g = GridState::new(node(1, "a"), 1);
+        g.apply(&GridCommand::Join(node(2, "b")));
+        g.apply(&GridCommand::Join(node(3, "c")));
+        settle(&mut g);
+        g.apply(&GridCommand::Join(node(4, "a")));
+        let joiner = NodeId([4; 20]);
+        let migrating: Vec<(u16, NodeId, Vec<NodeId>)> = g
+            .map
+            .migrations
+            .iter()
+            .map(|(&slot, m)| {
+                let o = &g.map.slots[slot as usize];
+                (slot, g.map.node(m.from).id, ids(&g, &o.replicas))
+            })
+            .collect();
+        assert!(!migrating.is_empty());
+        // The joiner dies mid-migration: the source may have moved some keys to it already.
+        assert!(g.apply(&GridCommand::Forget(joiner)));
+        for (slot, source, replicas) in migrating {
+            let now = g.map.node(g.map.slots[slot as usize].primary.unwrap()).id;
+            assert_ne!(now, source, "slot {slot}: the source lacks the keys it moved");
+            assert!(replicas.contains(&now), "slot {slot}: a replica, which holds every key, serves it");
+        }
+        g.map.validate().unwrap();
+        settle(&mut g);
     }
 
     #[test]
