@@ -61,7 +61,9 @@ async fn write_replayed(server: &Server) {
             );
             return;
         }
-        tracing::info!("restarted: writing the replayed write-behind queue to Postgres before rejoining");
+        tracing::info!(
+            "restarted: still writing the replayed write-behind queue to Postgres before rejoining"
+        );
     }
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "replayed writes are in Postgres");
 }

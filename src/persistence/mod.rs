@@ -284,7 +284,8 @@ impl Persistence {
     }
 
     /// Writes every pending key now, ignoring the write delay, and waits (up to `timeout`)
-    /// until the queues are empty. True when they are.
+    /// until the queues are empty. True when they are; either way the write delay applies again
+    /// afterwards.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -300,6 +301,8 @@ impl Persistence {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
+                // Back to the write delay: what is left is written as any write is.
+                self.spaces.iter().filter_map(|s| s.writer.as_ref()).for_each(|w| w.flush_done());
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
