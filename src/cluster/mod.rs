@@ -32,6 +32,42 @@ use crate::server::Server;
 /// Directory under the node's `dir` holding the Raft log and snapshot.
 pub const RAFT_DIR: &str = "raft";
 
+/// How long a restarted member waits for Postgres to take the writes replayed from its
+/// write-behind queues before it announces its restart anyway (see [`write_replayed`]).
+const REPLAYED_WRITES_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Before a restarted member announces its restart (which gives its slots to other members, see
+/// `GridCommand::Restarted`), writes the records replayed from its write-behind queues to
+/// Postgres, ignoring the write delay. Those members serve a backed key missing from their
+/// memory from its Postgres row (read-through) and keep it; after a whole-grid restart none of
+/// them holds any key, so a row older than this member's queued write (or no row, remembered
+/// as absent) would be served instead of an acknowledged write. Meanwhile this member serves
+/// nothing (it restarted without its keys), so its queues hold only the replayed records. If
+/// Postgres is down for longer than [`REPLAYED_WRITES_WAIT`], it announces its restart anyway
+/// (the records stay queued): its slots' plain keys are not kept unserved for an outage.
+async fn write_replayed(server: &Server) {
+    let Some(p) = server.persistence.get() else { return };
+    let started = tokio::time::Instant::now();
+    let step = std::time::Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            done = p.flush(step) => if done { break },
+        }
+        if started.elapsed() >= REPLAYED_WRITES_WAIT {
+            tracing::warn!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                "writes replayed from the write-behind queue are not in Postgres yet; announcing the restart anyway"
+            );
+            return;
+        }
+        tracing::info!(
+            "restarted: still writing the replayed write-behind queue to Postgres before rejoining"
+        );
+    }
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "replayed writes are in Postgres");
+}
+
 /// Turns cluster mode on for a node that has just bound `addr`, when `cluster-enabled` is set
 /// or seeds are given: loads (or creates) the node id in `dir`, binds the cluster bus, starts
 /// Raft, and brings the node into a grid in the background (a grid of one without seeds).
@@ -91,7 +127,13 @@ pub async fn start(server: &Arc<Server>, addr: SocketAddr) -> anyhow::Result<()>
     tokio::spawn(stale::run(server.clone(), cluster_for_replication.clone()));
     let _ = server.replication.set(crate::replication::Replication::start(server, cluster_for_replication));
     let shutdown = server.shutdown.clone();
-    tokio::spawn(async move { consensus.establish(&config.cluster_join, shutdown).await });
+    let server = server.clone();
+    tokio::spawn(async move {
+        if !fresh {
+            write_replayed(&server).await;
+        }
+        consensus.establish(&config.cluster_join, shutdown).await
+    });
     tracing::info!(node_id = %me, zone = %config.zone, "cluster mode");
     Ok(())
 }

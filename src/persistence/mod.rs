@@ -263,7 +263,14 @@ impl Persistence {
 
     /// Runs before a command: loads the keys it names that belong to a read-through key
     /// space and are missing from memory. `Err` is the reply when Postgres is unreachable.
-    pub async fn prepare(&self, server: &Server, now_ms: u64, args: &[Bytes]) -> Result<(), Reply> {
+    /// `flags` are the client's cluster flags: in a grid only keys this node serves are loaded.
+    pub async fn prepare(
+        &self,
+        server: &Server,
+        now_ms: u64,
+        args: &[Bytes],
+        flags: crate::cluster::ClientFlags,
+    ) -> Result<(), Reply> {
         if !self.read_through {
             return Ok(());
         }
@@ -280,6 +287,9 @@ impl Persistence {
             let key = &args[i];
             let Some((_, space)) = self.space_of(key) else { continue };
             let Some(loader) = &space.loader else { continue };
+            if !serves(server, key, spec.is_write(), flags) {
+                continue;
+            }
             if server.keyspace.lock_keys([key], now_ms).exists(key) {
                 continue;
             }
@@ -339,7 +349,8 @@ impl Persistence {
     }
 
     /// Writes every pending key now, ignoring the write delay, and waits (up to `timeout`)
-    /// until the queues are empty. True when they are.
+    /// until the queues are empty. True when they are; either way the write delay applies again
+    /// afterwards.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -355,6 +366,8 @@ impl Persistence {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
+                // Back to the write delay: what is left is written as any write is.
+                self.spaces.iter().filter_map(|s| s.writer.as_ref()).for_each(|w| w.flush_done());
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -432,6 +445,21 @@ impl Persistence {
             let _ = write!(out, "keyspace_{name}:{f}\r\n");
         }
     }
+}
+
+/// Whether this node runs a command on `key` rather than refusing it (fenced: cut off, or
+/// restarted and not placed again) or redirecting it (MOVED: another node's slot). The router
+/// decides that after read-through has run, so without this check every request for a backed
+/// key sent to the wrong member, or to any member while a restarted grid is coming back, cost
+/// Postgres a query, and left a copy in a slot this node does not serve.
+fn serves(server: &Server, key: &[u8], write: bool, flags: crate::cluster::ClientFlags) -> bool {
+    use crate::cluster::router::{route, Route};
+    let Some(cluster) = server.cluster.get() else { return true };
+    if cluster.fenced() {
+        return false;
+    }
+    let view = cluster.view();
+    !matches!(route(&view.map, view.me, std::iter::once(key), write, flags), Route::Redirect(_))
 }
 
 /// Puts a loaded value into memory without writing it back, unless the key appeared

@@ -172,7 +172,7 @@ async fn persisted(
     client: &mut ClientState,
     args: Vec<bytes::Bytes>,
 ) -> Reply {
-    if let Err(reply) = p.prepare(server, client.now_ms, &args).await {
+    if let Err(reply) = p.prepare(server, client.now_ms, &args, client.cluster).await {
         return reply;
     }
     Persistence::begin_command();

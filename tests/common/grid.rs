@@ -63,6 +63,9 @@ pub struct Member {
     pub admin: u16,
     pub zone: &'static str,
     pub options: MemberOptions,
+    /// A client port kept across restarts ([`Member::start_on_own_port`]); None: a free one
+    /// at every start.
+    pub port: Option<u16>,
 }
 
 impl Member {
@@ -77,8 +80,18 @@ impl Member {
         let dir = tempfile::tempdir().unwrap();
         let (bus, admin) = (free_port(), free_port());
         let seed = seed.map(Member::seed);
-        let process = spawn(dir.path(), zone, bus, admin, seed.as_deref(), &options);
-        Member { process, dir, bus, admin, zone, options }
+        let process = spawn(dir.path(), zone, bus, admin, None, seed.as_deref(), &options);
+        Member { process, dir, bus, admin, zone, options, port: None }
+    }
+
+    /// As `start_with`, on a client port of its own that a restart keeps, as a machine that
+    /// comes back at its address (clients reconnect where they were).
+    pub fn start_on_own_port(zone: &'static str, seed: Option<&Member>, options: MemberOptions) -> Member {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, bus, admin) = (free_port(), free_port(), free_port());
+        let seed = seed.map(Member::seed);
+        let process = spawn(dir.path(), zone, bus, admin, Some(port), seed.as_deref(), &options);
+        Member { process, dir, bus, admin, zone, options, port: Some(port) }
     }
 
     /// How another node names this one in `--join`.
@@ -109,11 +122,13 @@ impl Member {
     }
 
     /// SIGKILLs the process (if it still runs) and starts it again on the same directory,
-    /// ports and options, with no seed: a crash and restart.
+    /// ports and options, with no seed: a crash and restart. The client port is a new one
+    /// unless the member was started with [`Member::start_on_own_port`].
     pub fn restart(&mut self) {
         let _ = self.process.child.kill();
         let _ = self.process.child.wait();
-        self.process = spawn(self.dir.path(), self.zone, self.bus, self.admin, None, &self.options);
+        self.process =
+            spawn(self.dir.path(), self.zone, self.bus, self.admin, self.port, None, &self.options);
     }
 
     /// Sends a signal (`-STOP`, `-CONT`, `-KILL`, ...) to the process.
@@ -161,12 +176,17 @@ fn spawn(
     zone: &str,
     bus: u16,
     admin: u16,
+    port: Option<u16>,
     seed: Option<&str>,
     options: &MemberOptions,
 ) -> NodeProcess {
     let (dir, bus, admin) = (dir.to_str().unwrap(), bus.to_string(), admin.to_string());
     let timeout = options.timeout_ms.to_string();
+    let port = port.map(|p| p.to_string());
     let mut args = vec!["--dir", dir, "--zone", zone, "--cluster-port", &bus, "--admin-port", &admin];
+    if let Some(p) = &port {
+        args.extend(["--port", p]);
+    }
     args.extend(["--cluster-node-timeout", &timeout]);
     match seed {
         Some(s) => args.extend(["--join", s]),

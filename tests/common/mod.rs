@@ -89,9 +89,13 @@ impl NodeProcess {
     }
 
     /// As [`NodeProcess::spawn`], with more environment variables (FAILPOINTS, libfaketime's).
+    /// A `--port` in `args` replaces the free port.
     pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+        let port: &[&str] = if args.contains(&"--port") { &[] } else { &["--port", "0"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_cachegrid"))
-            .args(["node", "--port", "0", "--log-format", "text"])
+            .arg("node")
+            .args(port)
+            .args(["--log-format", "text"])
             .args(args)
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")

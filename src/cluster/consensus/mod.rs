@@ -619,10 +619,15 @@ impl Consensus {
                 // leader was last heard when it sent the last AppendEntries this node accepted: an
                 // election took at least the election timeout since, so a dead leader is
                 // failed over at the first failed ping instead of a whole timeout later.
-                for (n, _) in &members {
-                    last_ok.insert(n.id, (now, true));
-                }
+                // A process that has heard from no leader since it started (the whole grid
+                // restarted: openraft makes the old leader leader again from its saved vote, or
+                // two fresh processes elect one) knows nothing of the others, which may be
+                // starting too (a restart re-applies the log before it answers): they get the
+                // newcomer's grace.
                 let contact = *self.leader_contact.lock();
+                for (n, _) in &members {
+                    last_ok.insert(n.id, (now, contact.is_some()));
+                }
                 if let Some((old, at)) = contact.filter(|(old, _)| *old != self.me.id) {
                     if let Some(seen) = last_ok.get_mut(&old) {
                         seen.0 = at;
