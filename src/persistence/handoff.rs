@@ -163,9 +163,52 @@ impl Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::placement::SlotAssignment;
+    use crate::cluster::slotmap::{NodeInfo, SlotMap};
 
     fn id(b: u8) -> NodeId {
         NodeId([b; 20])
+    }
+
+    /// Node `me`'s view of a map where every slot has `primary` and `replicas` (node numbers).
+    fn view(me: u8, nodes: &[u8], primary: u8, replicas: &[u8]) -> View {
+        let info = |b: &u8| NodeInfo {
+            id: id(*b),
+            host: "127.0.0.1".into(),
+            port: 7000 + *b as u16,
+            bus_port: 17000 + *b as u16,
+            zone: format!("z{b}"),
+            tls_port: 0,
+        };
+        let a = SlotAssignment { primary: Some(id(primary)), replicas: replicas.iter().map(|r| id(*r)).collect() };
+        let map = SlotMap::from_assignment(2, nodes.iter().map(info).collect(), &vec![a; crate::store::SLOT_COUNT])
+            .unwrap();
+        let me = map.index_of(&id(me));
+        View { map, me }
+    }
+
+    #[test]
+    fn a_replica_promoted_in_place_of_a_primary_that_left_writes_its_notes_behind() {
+        let h = Handoff::default();
+        h.note(id(1), 10, [(&b"kept"[..], 0, false), (&b"gone"[..], 0, true)]);
+        // Node 2 replicated for node 1; node 1 is failed over and node 2 serves its slots.
+        let mut t = h.map_changed(&view(2, &[2, 3], 2, &[3]));
+        t.requeue.sort();
+        assert_eq!(t.requeue, vec![(Box::from(&b"gone"[..]), true), (Box::from(&b"kept"[..]), false)]);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn notes_of_a_primary_still_in_the_grid_stay_while_this_node_replicates_or_serves_its_slots() {
+        let h = Handoff::default();
+        h.note(id(1), 10, [(&b"k"[..], 0, false)]);
+        assert_eq!(h.map_changed(&view(2, &[1, 2], 1, &[2])), Takeover::default(), "still its replica");
+        let t = h.map_changed(&view(2, &[1, 2], 2, &[1]));
+        assert_eq!((t.requeue.len(), t.dropped), (0, 0), "it serves the slot now; node 1 still writes its queue");
+        assert_eq!(h.len(), 1);
+        let t = h.map_changed(&view(2, &[1, 2, 3], 1, &[3]));
+        assert_eq!((t.requeue.len(), t.dropped), (0, 1), "no longer its replica: node 1's own queue has it");
+        assert!(h.is_empty());
     }
 
     #[test]
