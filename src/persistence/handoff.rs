@@ -180,9 +180,13 @@ mod tests {
             zone: format!("z{b}"),
             tls_port: 0,
         };
-        let a = SlotAssignment { primary: Some(id(primary)), replicas: replicas.iter().map(|r| id(*r)).collect() };
-        let map = SlotMap::from_assignment(2, nodes.iter().map(info).collect(), &vec![a; crate::store::SLOT_COUNT])
-            .unwrap();
+        let a = SlotAssignment {
+            primary: Some(id(primary)),
+            replicas: replicas.iter().map(|r| id(*r)).collect(),
+        };
+        let map =
+            SlotMap::from_assignment(2, nodes.iter().map(info).collect(), &vec![a; crate::store::SLOT_COUNT])
+                .unwrap();
         let me = map.index_of(&id(me));
         View { map, me }
     }
@@ -204,7 +208,11 @@ mod tests {
         h.note(id(1), 10, [(&b"k"[..], 0, false)]);
         assert_eq!(h.map_changed(&view(2, &[1, 2], 1, &[2])), Takeover::default(), "still its replica");
         let t = h.map_changed(&view(2, &[1, 2], 2, &[1]));
-        assert_eq!((t.requeue.len(), t.dropped), (0, 0), "it serves the slot now; node 1 still writes its queue");
+        assert_eq!(
+            (t.requeue.len(), t.dropped),
+            (0, 0),
+            "it serves the slot now; node 1 still writes its queue"
+        );
         assert_eq!(h.len(), 1);
         let t = h.map_changed(&view(2, &[1, 2, 3], 1, &[3]));
         assert_eq!((t.requeue.len(), t.dropped), (0, 1), "no longer its replica: node 1's own queue has it");
