@@ -304,13 +304,7 @@ fn a_primary_paused_past_the_failover_time_answers_nothing_for_the_slots_it_lost
 
 /// A cluster client that keeps retrying through redirections and failovers.
 fn cluster_client(seed: &Member) -> redis::cluster::ClusterClient {
-    redis::cluster::ClusterClientBuilder::new(vec![format!("redis://{}/", seed.addr())])
-        .retries(50)
-        .max_retry_wait(300)
-        .connection_timeout(Duration::from_secs(1))
-        .response_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
+    grid::cluster_client(&[seed], 50)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,14 +69,7 @@ fn config_file(dir: &Path, table: &str, write_delay_ms: u64) -> PathBuf {
 
 /// A cluster client that retries through redirections and a grid that is not serving yet.
 fn cluster_client(members: &[&Member]) -> redis::cluster::ClusterClient {
-    let seeds: Vec<String> = members.iter().map(|m| format!("redis://{}/", m.addr())).collect();
-    redis::cluster::ClusterClientBuilder::new(seeds)
-        .retries(20)
-        .max_retry_wait(300)
-        .connection_timeout(Duration::from_secs(1))
-        .response_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
+    grid::cluster_client(members, 20)
 }
 
 /// SETs every (key, value) through one cluster connection, a pipeline per 500 keys; a pipeline

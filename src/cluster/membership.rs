@@ -407,12 +407,18 @@ mod tests {
         indexes.iter().map(|&i| g.map.node(i).id).collect()
     }
 
-    #[test]
-    fn a_replica_placement_drops_stays_until_its_successor_has_caught_up() {
+    /// A settled grid of three (zones a, b, c, R = 1).
+    fn settled_three() -> GridState {
         let mut g = GridState::new(node(1, "a"), 1);
         g.apply(&GridCommand::Join(node(2, "b")));
         g.apply(&GridCommand::Join(node(3, "c")));
         settle(&mut g);
+        g
+    }
+
+    #[test]
+    fn a_replica_placement_drops_stays_until_its_successor_has_caught_up() {
+        let mut g = settled_three();
         let before: Vec<Vec<NodeId>> = g.map.slots.iter().map(|o| ids(&g, &o.replicas)).collect();
         assert!(g.apply(&GridCommand::Join(node(4, "a"))));
         let newcomer = NodeId([4; 20]);
@@ -440,10 +446,7 @@ mod tests {
 
     #[test]
     fn a_failover_promotes_a_caught_up_replica_before_a_syncing_one() {
-        let mut g = GridState::new(node(1, "a"), 1);
-        g.apply(&GridCommand::Join(node(2, "b")));
-        g.apply(&GridCommand::Join(node(3, "c")));
-        settle(&mut g);
+        let mut g = settled_three();
         g.apply(&GridCommand::Join(node(4, "c")));
         // A slot whose placed replica is the syncing newcomer and whose old replica retires.
         let (&slot, retiring) = g.retiring.iter().next().expect("some replica retires");
@@ -457,10 +460,7 @@ mod tests {
 
     #[test]
     fn a_migration_whose_target_is_failed_over_hands_the_slot_to_a_replica_not_back_to_the_source() {
-        let mut g = GridState::new(node(1, "a"), 1);
-        g.apply(&GridCommand::Join(node(2, "b")));
-        g.apply(&GridCommand::Join(node(3, "c")));
-        settle(&mut g);
+        let mut g = settled_three();
         g.apply(&GridCommand::Join(node(4, "a")));
         let joiner = NodeId([4; 20]);
         let migrating: Vec<(u16, NodeId, Vec<NodeId>)> = g
@@ -486,10 +486,7 @@ mod tests {
 
     #[test]
     fn a_restarted_member_gives_its_slots_to_their_replicas_and_is_placed_again() {
-        let mut g = GridState::new(node(1, "a"), 1);
-        g.apply(&GridCommand::Join(node(2, "b")));
-        g.apply(&GridCommand::Join(node(3, "c")));
-        settle(&mut g);
+        let mut g = settled_three();
         let restarted = NodeId([2; 20]);
         let before = g.map.assignment();
         assert!(g.apply(&GridCommand::Restarted(node(2, "b"))));
@@ -518,10 +515,7 @@ mod tests {
 
     #[test]
     fn a_report_from_before_a_replica_lost_and_regained_its_slot_does_not_count() {
-        let mut g = GridState::new(node(1, "a"), 1);
-        g.apply(&GridCommand::Join(node(2, "b")));
-        g.apply(&GridCommand::Join(node(3, "c")));
-        settle(&mut g);
+        let mut g = settled_three();
         g.apply(&GridCommand::Join(node(4, "c")));
         let (&slot, nodes) = g.syncing.iter().next().unwrap();
         let (&n, &since) = nodes.iter().next().unwrap();
@@ -634,10 +628,7 @@ mod tests {
 
     #[test]
     fn a_forgotten_primary_is_replaced_by_a_replica_of_each_slot() {
-        let mut g = GridState::new(node(1, "a"), 1);
-        g.apply(&GridCommand::Join(node(2, "b")));
-        g.apply(&GridCommand::Join(node(3, "c")));
-        settle(&mut g);
+        let mut g = settled_three();
         let dead = NodeId([3; 20]);
         let before = g.map.assignment();
         assert!(g.apply(&GridCommand::Forget(dead)));

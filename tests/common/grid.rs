@@ -267,3 +267,16 @@ pub fn wait_until_ready(members: &[&Member]) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A cluster client over `members` that retries `retries` times (up to 300 ms apart) through
+/// redirections, failovers and a grid that is not serving yet.
+pub fn cluster_client(members: &[&Member], retries: u32) -> redis::cluster::ClusterClient {
+    let seeds: Vec<String> = members.iter().map(|m| format!("redis://{}/", m.addr())).collect();
+    redis::cluster::ClusterClientBuilder::new(seeds)
+        .retries(retries)
+        .max_retry_wait(300)
+        .connection_timeout(Duration::from_secs(1))
+        .response_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
