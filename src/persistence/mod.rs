@@ -209,10 +209,7 @@ impl Persistence {
             let Some(w) = &space.writer else { continue };
             let mut db = server.keyspace.lock_keys([&key[..]], now);
             let op = match db.peek(key) {
-                Some(e) => {
-                    let (kind, value) = encode_value_shared(&e.value);
-                    Op::Put { kind, value, expires_at_ms: e.expire_at() }
-                }
+                Some(e) => put_op(e),
                 None if *deleted => Op::Delete,
                 None => continue,
             };
@@ -462,6 +459,12 @@ fn serves(server: &Server, key: &[u8], write: bool, flags: crate::cluster::Clien
     !matches!(route(&view.map, view.me, std::iter::once(key), write, flags), Route::Redirect(_))
 }
 
+/// The write-behind record of a key's current entry.
+fn put_op(e: &crate::store::keyspace::Entry) -> Op {
+    let (kind, value) = encode_value_shared(&e.value);
+    Op::Put { kind, value, expires_at_ms: e.expire_at() }
+}
+
 /// Puts a loaded value into memory without writing it back, unless the key appeared
 /// meanwhile or has expired. Ok(true) when inserted.
 fn insert_loaded(server: &Server, key: &[u8], row: &postgres::Loaded) -> Result<bool, Reply> {
@@ -515,13 +518,7 @@ impl ChangeListener for Persistence {
             l.forget_absent(change.key);
         }
         let Some(w) = &space.writer else { return };
-        let op = match change.entry {
-            Some(e) => {
-                let (kind, value) = encode_value_shared(&e.value);
-                Op::Put { kind, value, expires_at_ms: e.expire_at() }
-            }
-            None => Op::Delete,
-        };
+        let op = change.entry.map_or(Op::Delete, put_op);
         let version = w.queue.push(&self.versions, change.key, change.slot, op);
         if space.cfg.mode == WriteMode::WriteThrough && change.cause == ChangeCause::Command {
             TICKET.with(|t| {
