@@ -166,7 +166,6 @@ fn wait_for_rows(table: &str, want: &std::collections::BTreeMap<String, Vec<u8>>
 }
 
 #[test]
-#[ignore = "open: since the merge of stop 16 one key of ~340 stays missing in Postgres (docs/RELIABILITY.md)"]
 fn a_primary_killed_for_good_with_writes_still_queued_loses_none_of_them_in_postgres() {
     let table = unique_table("grid_handoff");
     let dir = tempfile::tempdir().unwrap();

@@ -180,6 +180,9 @@ pub async fn run(server: Arc<Server>) {
             }
             let client = BusClient::new(super::consensus::bus_address(target));
             for chunk in slots.chunks(SLOTS_PER_HANDOVER) {
+                if let Some(p) = server.persistence.get() {
+                    p.write_noted_before_leaving(&server, chunk, cluster.me);
+                }
                 if let Err(e) = move_slots(&server, &cluster, &client, chunk).await {
                     complain(&mut failing_since, "moving slots failed", client.peer(), &e);
                     break;

@@ -141,6 +141,27 @@ impl Handoff {
         out
     }
 
+    /// Takes out the notes of keys in `slots` that another node than `me` sent, with whether
+    /// each was deleted: the slots are leaving this node, and the notes cannot go with them
+    /// (the target notes this node as the sender). See [`crate::persistence::Persistence::write_noted_before_leaving`].
+    pub fn take_slots(&self, slots: &[u16], me: NodeId) -> Vec<(Box<[u8]>, bool)> {
+        let mut n = self.inner.lock();
+        if n.by_key.is_empty() {
+            return Vec::new();
+        }
+        let slots: std::collections::HashSet<u16> = slots.iter().copied().collect();
+        let taken: Vec<(Box<[u8]>, bool)> = n
+            .by_key
+            .iter()
+            .filter(|(key, (from, ..))| *from != me && slots.contains(&key_slot(key)))
+            .map(|(key, &(.., deleted))| (key.clone(), deleted))
+            .collect();
+        for (key, _) in &taken {
+            n.remove(key);
+        }
+        taken
+    }
+
     /// The senders with notes (primaries this node should ask for reports).
     pub fn senders(&self) -> Vec<NodeId> {
         let n = self.inner.lock();
@@ -230,6 +251,22 @@ mod tests {
         assert_eq!(h.committed(id(1), 1, 100), 0, "nor another key space's");
         assert_eq!(h.committed(id(1), 0, 20), 1);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn a_slot_leaving_takes_its_notes_from_other_senders_with_it() {
+        let h = Handoff::default();
+        let (a, b) = (&b"{a}x"[..], &b"{b}y"[..]);
+        h.note(id(1), 10, [(a, 0, false), (b, 0, true)]);
+        h.note(id(2), 20, [(&b"{a}mine"[..], 0, false)]);
+        assert_eq!(
+            h.take_slots(&[key_slot(b"a")], id(2)),
+            vec![(Box::from(a), false)],
+            "not this node's own"
+        );
+        assert_eq!(h.len(), 2, "the other slot's note and this node's own stay");
+        assert_eq!(h.take_slots(&[key_slot(b"b")], id(2)), vec![(Box::from(b), true)]);
+        assert_eq!(h.senders(), vec![id(2)]);
     }
 
     #[test]

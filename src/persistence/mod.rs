@@ -223,6 +223,25 @@ impl Persistence {
         queued
     }
 
+    /// On a slot's source, before the keys of `slots` leave for another node: a key another
+    /// primary changed, not yet reported in Postgres (a note, see `handoff`), is written
+    /// behind from this node's copy first. The target notes this node as the sender, so
+    /// this node's report must not cover the key until this node has written it; the
+    /// original sender may be gone, or go, before it writes the key itself. Returns how many
+    /// records were queued.
+    pub fn write_noted_before_leaving(
+        &self,
+        server: &Server,
+        slots: &[u16],
+        me: crate::cluster::NodeId,
+    ) -> usize {
+        let noted = self.handoff.take_slots(slots, me);
+        if noted.is_empty() {
+            return 0;
+        }
+        self.requeue(server, &noted)
+    }
+
     /// The key spaces, for inspection.
     pub fn spaces(&self) -> &[Space] {
         &self.spaces
