@@ -363,8 +363,9 @@ async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin>(
     while let Some(body) = read_body(&mut stream).await? {
         let response = if body.first() == Some(&migration::BINARY_FRAME) {
             match migration::decode(&body[1..]) {
-                Ok(migration::DataRequest::Import { slot, entries, versions }) => {
-                    BusResponse::Imported(migration::import(&server, slot, entries, versions))
+                Ok(migration::DataRequest::Import { from, epoch, slot, entries, versions }) => {
+                    let from = crate::cluster::NodeId(from);
+                    BusResponse::Imported(migration::import(&server, from, epoch, slot, entries, versions))
                 }
                 Ok(migration::DataRequest::Replicate {
                     from,

@@ -76,6 +76,12 @@ pub enum DataRequest {
     },
     /// Store these keys of `slot`, which is migrating to the receiver.
     Import {
+        /// The sending node's id: a target takes keys only from the slot's migration source.
+        from: [u8; 20],
+        /// The sender's map epoch: a target whose map is older waits until it has caught up
+        /// (behind, it may still believe it is the slot's primary from before a partition,
+        /// and drop what it took once the newer map marks its copies stale).
+        epoch: u64,
         /// The slot.
         slot: u16,
         /// Its keys.
@@ -98,7 +104,14 @@ pub fn decode(body: &[u8]) -> Result<DataRequest, String> {
 
 /// Stores imported keys (on the slot's new primary). Accepted only for a slot migrating here
 /// or already handed over here (a batch retried after the handover).
-pub fn import(server: &Server, slot: u16, entries: Vec<MovedEntry>, versions: u64) -> Result<usize, String> {
+pub fn import(
+    server: &Server,
+    from: NodeId,
+    epoch: u64,
+    slot: u16,
+    entries: Vec<MovedEntry>,
+    versions: u64,
+) -> Result<usize, String> {
     let cluster = server.cluster.get().ok_or("not in cluster mode")?;
     if slot as usize >= crate::store::SLOT_COUNT {
         return Err(format!("no slot {slot}"));
@@ -108,7 +121,11 @@ pub fn import(server: &Server, slot: u16, entries: Vec<MovedEntry>, versions: u6
     // dropped under it too, so an import is never dropped after it was acknowledged.
     let mut db = server.keyspace.lock_slot(slot, now_ms());
     let view = cluster.view();
-    if !matches!(view.role(slot), SlotRole::Importing | SlotRole::Primary) {
+    if view.map.epoch < epoch {
+        return Err(format!("behind the source: epoch {} < {epoch}", view.map.epoch));
+    }
+    let from_source = view.map.migrations.get(&slot).is_some_and(|m| view.map.node(m.from).id == from);
+    if view.role(slot) != SlotRole::Importing || !from_source {
         return Err(format!("slot {slot} is not migrating to this node (epoch {})", view.map.epoch));
     }
     if !cluster.slot_ready(slot) {
@@ -183,15 +200,19 @@ pub async fn run(server: Arc<Server>) {
                 if let Some(p) = server.persistence.get() {
                     p.write_noted_before_leaving(&server, chunk, cluster.me);
                 }
-                if let Err(e) = move_slots(&server, &cluster, &client, chunk).await {
-                    complain(&mut failing_since, "moving slots failed", client.peer(), &e);
-                    break;
-                }
+                let moved = match move_slots(&server, &cluster, &client, chunk).await {
+                    Ok(moved) => moved,
+                    Err(e) => {
+                        complain(&mut failing_since, "moving slots failed", client.peer(), &e);
+                        break;
+                    }
+                };
                 crate::faults::point("migration-before-switch");
                 if let Err(e) = hand_over(&server, cluster.me, target.id, chunk.to_vec()).await {
                     complain(&mut failing_since, "slot handover not committed", client.peer(), &e);
                     break;
                 }
+                tracing::debug!(target = %client.peer(), slots = chunk.len(), first = chunk[0], keys = moved, "slots handed over");
                 failing_since = None;
             }
         }
@@ -237,9 +258,11 @@ async fn move_slots(
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
+            // The map the batch is sent under: the target must have caught up with it.
+            let epoch = cluster.view().map.epoch;
             // Read after the entries: no change they carry has a higher write-behind version.
             let versions = server.persistence.get().map_or(0, |p| p.versions_upto());
-            let request = DataRequest::Import { slot, entries, versions };
+            let request = DataRequest::Import { from: cluster.me.0, epoch, slot, entries, versions };
             let answer = client.call_data(&request, BATCH_TIMEOUT).await;
             let DataRequest::Import { entries, .. } = request else { unreachable!("built above") };
             match answer {

@@ -355,6 +355,9 @@ impl Cluster {
                 syncing.insert(p, SyncWanted { token, epoch: next.map.epoch, requested: false });
             }
         }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            log_role_changes(&current, &next);
+        }
         if !stale.is_empty() {
             self.unready.lock().extend(stale);
             self.unready_changed.notify_one();
@@ -362,6 +365,32 @@ impl Cluster {
         *current = Arc::new(next);
         Ok(())
     }
+}
+
+/// Logs (debug) how this node's slot roles change from `was` to `now`, as slot ranges per
+/// transition: the map history a diagnosis of a lost key needs.
+fn log_role_changes(was: &View, now: &View) {
+    let mut changes: std::collections::BTreeMap<String, Vec<(u16, u16)>> = Default::default();
+    for s in 0..crate::store::SLOT_COUNT as u16 {
+        let (a, b) = (was.role(s), now.role(s));
+        if a == b {
+            continue;
+        }
+        let ranges = changes.entry(format!("{a:?}->{b:?}")).or_default();
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == s => *end = s,
+            _ => ranges.push((s, s)),
+        }
+    }
+    let text: Vec<String> = changes
+        .iter()
+        .map(|(t, r)| {
+            let r: Vec<String> =
+                r.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+            format!("{t} {}", r.join(","))
+        })
+        .collect();
+    tracing::debug!(from = was.map.epoch, to = now.map.epoch, changes = %text.join("; "), "map installed");
 }
 
 /// How this node is described to clients and peers.
