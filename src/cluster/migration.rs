@@ -103,7 +103,8 @@ pub fn decode(body: &[u8]) -> Result<DataRequest, String> {
 }
 
 /// Stores imported keys (on the slot's new primary). Accepted only for a slot migrating here
-/// or already handed over here (a batch retried after the handover).
+/// from `from`, by a map at least as new as the source's `epoch` (the source hands the slot
+/// over only once every batch is taken, so no batch comes after the handover).
 pub fn import(
     server: &Server,
     from: NodeId,
