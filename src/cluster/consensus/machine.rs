@@ -172,13 +172,17 @@ impl RaftStateMachine<TypeConfig> for GridMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        // Applied in place under the lock, on the runtime: applying on a copy off the runtime
-        // (so a one-thread node keeps answering during a long replay) lost acknowledged writes
-        // in tests/faults.rs's join-during-partition scenario, in every run (docs/RELIABILITY.md).
+        // Applied in place, on the runtime: applying on a copy off the runtime lost
+        // acknowledged writes in tests/faults.rs's join-during-partition scenario, in every run
+        // (docs/RELIABILITY.md). One entry at a time under the lock, yielding in between, so a
+        // one-thread node replaying a long log (a joiner: an entry costs a placement, tens of ms
+        // in a debug build) still answers AppendEntries and pings instead of going silent for
+        // seconds and being failed over. The map is published once, after the batch.
         let mut replies = Vec::new();
         let mut changed = false;
-        let mut state = self.state.lock();
         for entry in entries {
+            tokio::task::yield_now().await;
+            let mut state = self.state.lock();
             state.last_applied = Some(entry.log_id);
             match &entry.payload {
                 EntryPayload::Blank => {}
@@ -198,6 +202,7 @@ impl RaftStateMachine<TypeConfig> for GridMachine {
             }
             replies.push(GridResponse { epoch: state.grid.as_ref().map_or(0, |g| g.map.epoch) });
         }
+        let state = self.state.lock();
         self.applied.store(state.last_applied.map_or(0, |l| l.index + 1), Ordering::Release);
         drop(state);
         if changed {
