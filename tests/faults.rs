@@ -12,6 +12,8 @@ mod common;
 mod grid;
 #[path = "common/linearizability.rs"]
 mod linearizability;
+#[path = "common/postgres.rs"]
+mod postgres;
 #[path = "common/workload.rs"]
 mod workload;
 
@@ -33,9 +35,14 @@ fn start(zone: &'static str, seed: Option<&Member>) -> Member {
 
 /// Three members in three zones, settled.
 fn grid_of_three() -> Vec<Member> {
-    let a = start("zone-a", None);
-    let b = start("zone-b", Some(&a));
-    let c = start("zone-c", Some(&a));
+    grid_of_three_with(options())
+}
+
+/// Three members in three zones started with `options`, settled.
+fn grid_of_three_with(options: MemberOptions) -> Vec<Member> {
+    let a = Member::start_with("zone-a", None, options.clone());
+    let b = Member::start_with("zone-b", Some(&a), options.clone());
+    let c = Member::start_with("zone-c", Some(&a), options);
     let members = vec![a, b, c];
     wait_for_rebalance_and_sync(&members.iter().collect::<Vec<_>>(), 3);
     members
@@ -422,7 +429,17 @@ async fn chaos() {
         std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
     };
     let (seconds, kills) = (env("CHAOS_SECONDS", 1800), env("CHAOS_KILLS", 0));
-    let mut members = blocking(grid_of_three);
+    // The chaos keys are written behind to a Postgres of the run's own, which the "postgres"
+    // fault kills (CHAOS_POSTGRES=0: no database).
+    let pg = (env("CHAOS_POSTGRES", 1) == 1).then(|| blocking(postgres::ThrowawayPostgres::start));
+    let config_dir = tempfile::tempdir().unwrap();
+    let mut member_options = options();
+    if let Some(pg) = &pg {
+        let config = config_dir.path().join("cachegrid.toml");
+        std::fs::write(&config, chaos_keyspace_config(&pg.url())).unwrap();
+        member_options = member_options.args(&["--config", config.to_str().unwrap()]);
+    }
+    let mut members = blocking(|| grid_of_three_with(member_options));
     let w = Workload::start(&seeds(&members), 4, 8, "chaos:").await;
     let started = Instant::now();
     let mut recoveries: Vec<Duration> = Vec::new();
@@ -432,14 +449,14 @@ async fn chaos() {
             break;
         }
         run_for(Duration::from_secs(1)).await;
-        let kinds: &[&str] = if kills > 0 {
-            &["kill"]
-        } else if cfg!(feature = "failpoints") {
-            &["cut", "kill", "stop", "delay", "crash"]
-        } else {
-            &["cut", "kill", "stop", "delay"]
-        };
-        let kind = kinds[rand::thread_rng().gen_range(0..kinds.len())];
+        let mut kinds = if kills > 0 { vec!["kill"] } else { vec!["cut", "kill", "stop", "delay"] };
+        if kills == 0 && cfg!(feature = "failpoints") {
+            kinds.push("crash");
+        }
+        if kills == 0 && pg.is_some() {
+            kinds.push("postgres");
+        }
+        let mut kind = kinds[rand::thread_rng().gen_range(0..kinds.len())];
         let victim = blocking(|| (0..3).max_by_key(|&i| members[i].primaries()).unwrap());
         let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
         let t = Instant::now();
@@ -468,6 +485,28 @@ async fn chaos() {
                 members[victim].signal("-CONT");
                 r
             }
+            "postgres" => {
+                // Postgres SIGKILLed for 5-30 s; half the time the busiest primary is
+                // SIGKILLed in the middle of the outage too, with writes queued for the database,
+                // and restarted before Postgres is.
+                let pg = pg.as_ref().unwrap();
+                let outage = Duration::from_secs(rand::thread_rng().gen_range(5..=30));
+                blocking(|| pg.kill());
+                let mut r = Duration::ZERO;
+                if rand::thread_rng().gen_bool(0.5) {
+                    kind = "postgres+kill";
+                    run_for(outage / 2).await;
+                    let k = Instant::now();
+                    let _ = members[victim].process.child.kill();
+                    let _ = members[victim].process.child.wait();
+                    blocking(|| wait_for_agreement(&[&members[others[0]], &members[others[1]]], 2));
+                    r = k.elapsed();
+                    blocking(|| members[victim].restart());
+                }
+                run_for(outage.saturating_sub(t.elapsed())).await;
+                blocking(|| pg.restart());
+                r
+            }
             "delay" => {
                 for m in &members {
                     blocking(|| m.cmd(&["DEBUG", "BUS-DELAY", "200"]));
@@ -493,7 +532,7 @@ async fn chaos() {
         };
         blocking(|| wait_for_rebalance_and_sync(&members.iter().collect::<Vec<_>>(), 3));
         n += 1;
-        if kind != "delay" {
+        if kind != "delay" && kind != "postgres" {
             recoveries.push(recovered);
         }
         eprintln!(
@@ -517,4 +556,56 @@ async fn chaos() {
     );
     let scenario = if kills > 0 { "chaos-primary-kills" } else { "chaos-mixed" };
     judge(scenario, w, &members.iter().collect::<Vec<_>>(), p(1.0)).await;
+    if let Some(pg) = &pg {
+        // Postgres ends equal to the grid: every chaos key the grid holds has its row, with the
+        // grid's value, and no other row is left.
+        let t = Instant::now();
+        let want = blocking(|| grid_state(&members, "chaos:"));
+        blocking(|| postgres::wait_for_rows(&pg.url(), "chaos_rows", &want, Duration::from_secs(180)));
+        eprintln!(
+            "FAULTS scenario={scenario}-postgres rows={} converged_ms={}",
+            want.len(),
+            t.elapsed().as_millis()
+        );
+    }
+}
+
+/// The chaos run's config: `chaos:*` written behind to `url`'s table `chaos_rows`.
+fn chaos_keyspace_config(url: &str) -> String {
+    format!(
+        "postgres-url = \"{url}\"\n\n[[keyspace]]\nname = \"chaos\"\npattern = \"chaos:*\"\n\
+         table = \"chaos_rows\"\nmode = \"write-behind\"\nread-through = false\n"
+    )
+}
+
+/// Every key under `prefix` any member holds, with its value as its primary serves it.
+fn grid_state(members: &[Member], prefix: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut keys = std::collections::BTreeSet::new();
+    for m in members {
+        let mut con = redis::Client::open(format!("redis://{}/", m.addr())).unwrap().get_connection().unwrap();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut con)
+                .unwrap();
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    let client = grid::cluster_client(&members.iter().collect::<Vec<_>>(), 30);
+    let mut con = client.get_connection().unwrap();
+    keys.into_iter()
+        .filter_map(|k| {
+            let v: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query(&mut con).unwrap();
+            v.map(|v| (k, v))
+        })
+        .collect()
 }

@@ -15,7 +15,7 @@ use cachegrid::config::Config;
 use cachegrid::persistence::KeyspaceConfig;
 use common::{free_port, TestNode};
 use grid::{wait_for_agreement, wait_for_rebalance_and_sync, Member, MemberOptions};
-use postgres::{rows, unique_table, MACHINE_URL};
+use postgres::{rows, unique_table, wait_for_rows, MACHINE_URL};
 
 /// An in-process grid member backing `session:*` by `table`; `seed` joins another member.
 fn member(table: &str, seed: Option<&TestNode>) -> (TestNode, tempfile::TempDir) {
@@ -131,40 +131,6 @@ fn backed_member(zone: &'static str, seed: Option<&Member>, config: &std::path::
     Member::start_with(zone, seed, options)
 }
 
-/// Polls (60 s at most) until `table` holds exactly `want` (key, value) rows.
-fn wait_for_rows(table: &str, want: &std::collections::BTreeMap<String, Vec<u8>>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got: std::collections::BTreeMap<String, Vec<u8>> =
-            rows(MACHINE_URL, table).into_iter().map(|(k, v, _, _)| (k, v)).collect();
-        if &got == want {
-            return;
-        }
-        if Instant::now() > deadline {
-            let missing: Vec<_> = want
-                .iter()
-                .filter(|(k, v)| got.get(*k) != Some(v))
-                .map(|(k, v)| {
-                    format!(
-                        "{k}: want {:?}, row {:?}",
-                        String::from_utf8_lossy(v),
-                        got.get(k).map(|g| String::from_utf8_lossy(g).into_owned())
-                    )
-                })
-                .collect();
-            let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
-            panic!(
-                "Postgres differs from the grid: {} rows missing or stale {:?}, {} rows that should be gone {:?}",
-                missing.len(),
-                &missing[..missing.len().min(10)],
-                extra.len(),
-                &extra[..extra.len().min(10)]
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 #[test]
 fn a_primary_killed_for_good_with_writes_still_queued_loses_none_of_them_in_postgres() {
     let table = unique_table("grid_handoff");
@@ -195,7 +161,7 @@ fn a_primary_killed_for_good_with_writes_still_queued_loses_none_of_them_in_post
         let _: () = redis::cmd("SET").arg(&key).arg("v1").query(&mut con).unwrap();
         want.insert(key, b"v1".to_vec());
     }
-    wait_for_rows(&table, &want);
+    wait_for_rows(MACHINE_URL, &table, &want, Duration::from_secs(60));
 
     // Then, within the write delay, overwrites, new keys and deletions: acknowledged (sync
     // mode: on the replica too) but not yet in Postgres when the busiest primary dies.
@@ -217,7 +183,7 @@ fn a_primary_killed_for_good_with_writes_still_queued_loses_none_of_them_in_post
 
     let survivors: Vec<&Member> = members.iter().collect();
     wait_for_agreement(&survivors, 2);
-    wait_for_rows(&table, &want);
+    wait_for_rows(MACHINE_URL, &table, &want, Duration::from_secs(60));
     let requeued: u64 = survivors
         .iter()
         .map(|m| {

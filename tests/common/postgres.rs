@@ -57,6 +57,41 @@ pub fn rows(url: &str, table: &str) -> Vec<(String, Vec<u8>, String, Option<i64>
     })
 }
 
+/// Polls (for `within` at most) until `table` at `url` holds exactly `want` (key, value) rows;
+/// panics with the rows missing, stale or extra.
+pub fn wait_for_rows(url: &str, table: &str, want: &std::collections::BTreeMap<String, Vec<u8>>, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got: std::collections::BTreeMap<String, Vec<u8>> =
+            rows(url, table).into_iter().map(|(k, v, _, _)| (k, v)).collect();
+        if &got == want {
+            return;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .map(|(k, v)| {
+                    format!(
+                        "{k}: want {:?}, row {:?}",
+                        String::from_utf8_lossy(v),
+                        got.get(k).map(|g| String::from_utf8_lossy(g).into_owned())
+                    )
+                })
+                .collect();
+            let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+            panic!(
+                "Postgres differs from the grid: {} rows missing or stale {:?}, {} rows that should be gone {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)],
+                extra.len(),
+                &extra[..extra.len().min(10)]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn bin(name: &str) -> PathBuf {
     for dir in [
         "/usr/local/bin",
