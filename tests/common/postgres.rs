@@ -60,26 +60,48 @@ pub fn rows(url: &str, table: &str) -> Vec<(String, Vec<u8>, String, Option<i64>
 /// Polls (for `within` at most) until `table` at `url` holds exactly `want` (key, value) rows;
 /// panics with the rows missing, stale or extra.
 pub fn wait_for_rows(url: &str, table: &str, want: &std::collections::BTreeMap<String, Vec<u8>>, within: Duration) {
+    wait_for_rows_of(url, table, want, within, false);
+}
+
+/// Polls (for `within` at most) until `table` at `url` holds every row of `want` with its
+/// value; returns the keys of the rows it holds beyond them. Panics with the rows missing or
+/// stale.
+pub fn wait_for_rows_allowing_extra(
+    url: &str,
+    table: &str,
+    want: &std::collections::BTreeMap<String, Vec<u8>>,
+    within: Duration,
+) -> Vec<String> {
+    wait_for_rows_of(url, table, want, within, true)
+}
+
+fn wait_for_rows_of(
+    url: &str,
+    table: &str,
+    want: &std::collections::BTreeMap<String, Vec<u8>>,
+    within: Duration,
+    extra_allowed: bool,
+) -> Vec<String> {
     let deadline = Instant::now() + within;
     loop {
         let got: std::collections::BTreeMap<String, Vec<u8>> =
             rows(url, table).into_iter().map(|(k, v, _, _)| (k, v)).collect();
-        if &got == want {
-            return;
+        let missing: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: want {:?}, row {:?}",
+                    String::from_utf8_lossy(v),
+                    got.get(k).map(|g| String::from_utf8_lossy(g).into_owned())
+                )
+            })
+            .collect();
+        let extra: Vec<String> = got.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
+        if missing.is_empty() && (extra_allowed || extra.is_empty()) {
+            return extra;
         }
         if Instant::now() > deadline {
-            let missing: Vec<_> = want
-                .iter()
-                .filter(|(k, v)| got.get(*k) != Some(v))
-                .map(|(k, v)| {
-                    format!(
-                        "{k}: want {:?}, row {:?}",
-                        String::from_utf8_lossy(v),
-                        got.get(k).map(|g| String::from_utf8_lossy(g).into_owned())
-                    )
-                })
-                .collect();
-            let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
             panic!(
                 "Postgres differs from the grid: {} rows missing or stale {:?}, {} rows that should be gone {:?}",
                 missing.len(),
