@@ -625,17 +625,25 @@ async fn every_member_in_turn_leaves_gracefully_and_is_replaced_under_load_and_n
         })
     };
     for _ in 0..3 {
+        let t = std::time::Instant::now();
         let leaver = members.remove(0);
         let admin = leaver.admin_addr();
         let out = tokio::task::block_in_place(|| cachegrid(&["leave", "--admin", &admin]));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let left = t.elapsed();
         tokio::task::block_in_place(|| wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 2));
+        let rebalanced = t.elapsed();
         let zone = leaver.zone;
         drop(leaver);
         let fresh = tokio::task::block_in_place(|| Member::start(zone, Some(&members[0])));
         members.push(fresh);
         tokio::task::block_in_place(|| wait_for_rebalance(&members.iter().collect::<Vec<_>>(), 3));
+        eprintln!(
+            "{zone} left in {left:?}, two settled at {rebalanced:?}, its replacement settled at {:?}",
+            t.elapsed()
+        );
     }
+    let t = std::time::Instant::now();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = writer.await.unwrap();
     let mut con = cluster_client(&members[0]).get_async_connection().await.unwrap();
@@ -647,6 +655,7 @@ async fn every_member_in_turn_leaves_gracefully_and_is_replaced_under_load_and_n
         let v: Option<u64> = redis::cmd("GET").arg(format!("load:{n}")).query_async(&mut con).await.unwrap();
         assert_eq!(v, Some(*n), "load:{n}");
     }
+    eprintln!("{} acknowledged writes read back in {:?}", acked.len(), t.elapsed());
     assert!(acked.len() > 50, "the writer ran: {}", acked.len());
 }
 
