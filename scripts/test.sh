@@ -31,6 +31,10 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
   echo "warning: no Postgres on 127.0.0.1:5432; the persistence tests need it (trust auth, database test)" >&2
 fi
 
+# CI builds from a clean checkout: incremental compilation would only write caches no later
+# build reads.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+
 # The test build has the failpoints (tests/faults.rs crashes nodes with them); they are no-ops
 # unless armed. Release builds and the benchmarks never have them.
 FEATURES=(--features cachegrid/failpoints)

@@ -44,11 +44,7 @@ fn login_app() -> std::path::PathBuf {
         if cfg!(feature = "failpoints") {
             args.extend(["--features", "cachegrid/failpoints"]);
         }
-        let status = Command::new(cargo)
-            .args(args)
-            .current_dir(root())
-            .status()
-            .unwrap();
+        let status = Command::new(cargo).args(args).current_dir(root()).status().unwrap();
         assert!(status.success(), "cannot build the login_app example");
     }
     app

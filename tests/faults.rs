@@ -461,14 +461,7 @@ async fn chaos() {
         let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
         let t = Instant::now();
         let recovered = match kind {
-            "kill" => {
-                let _ = members[victim].process.child.kill();
-                let _ = members[victim].process.child.wait();
-                blocking(|| wait_for_agreement(&[&members[others[0]], &members[others[1]]], 2));
-                let r = t.elapsed();
-                blocking(|| members[victim].restart());
-                r
-            }
+            "kill" => blocking(|| kill_and_restart(&mut members, victim, &others)),
             "cut" => {
                 blocking(|| isolate(&members[victim], &[&members[others[0]], &members[others[1]]]));
                 blocking(|| wait_for_agreement(&[&members[others[0]], &members[others[1]]], 2));
@@ -496,12 +489,7 @@ async fn chaos() {
                 if rand::thread_rng().gen_bool(0.5) {
                     kind = "postgres+kill";
                     run_for(outage / 2).await;
-                    let k = Instant::now();
-                    let _ = members[victim].process.child.kill();
-                    let _ = members[victim].process.child.wait();
-                    blocking(|| wait_for_agreement(&[&members[others[0]], &members[others[1]]], 2));
-                    r = k.elapsed();
-                    blocking(|| members[victim].restart());
+                    r = blocking(|| kill_and_restart(&mut members, victim, &others));
                 }
                 run_for(outage.saturating_sub(t.elapsed())).await;
                 blocking(|| pg.restart());
@@ -572,12 +560,27 @@ async fn chaos() {
             t.elapsed().as_millis()
         );
         if !extra.is_empty() {
-            eprintln!("ROWS BEYOND THE GRID (known open defect, docs/RELIABILITY.md): {:?}", &extra[..extra.len().min(20)]);
+            eprintln!(
+                "ROWS BEYOND THE GRID (known open defect, docs/RELIABILITY.md): {:?}",
+                &extra[..extra.len().min(20)]
+            );
         }
         if std::env::var("FAULTS_STRICT").is_ok_and(|v| v == "1") {
             assert!(extra.is_empty(), "rows beyond the grid's keys: {extra:?}");
         }
     }
+}
+
+/// SIGKILLs `members[victim]`, waits until `others` agree on a map without it, and starts it
+/// again on its directory; returns how long the failover took.
+fn kill_and_restart(members: &mut [Member], victim: usize, others: &[usize]) -> Duration {
+    let t = Instant::now();
+    let _ = members[victim].process.child.kill();
+    let _ = members[victim].process.child.wait();
+    wait_for_agreement(&[&members[others[0]], &members[others[1]]], 2);
+    let failover = t.elapsed();
+    members[victim].restart();
+    failover
 }
 
 /// The chaos run's config: `chaos:*` written behind to `url`'s table `chaos_rows`.
@@ -592,7 +595,8 @@ fn chaos_keyspace_config(url: &str) -> String {
 fn grid_state(members: &[Member], prefix: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut keys = std::collections::BTreeSet::new();
     for m in members {
-        let mut con = redis::Client::open(format!("redis://{}/", m.addr())).unwrap().get_connection().unwrap();
+        let mut con =
+            redis::Client::open(format!("redis://{}/", m.addr())).unwrap().get_connection().unwrap();
         let mut cursor = 0u64;
         loop {
             let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")

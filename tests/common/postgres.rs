@@ -59,7 +59,12 @@ pub fn rows(url: &str, table: &str) -> Vec<(String, Vec<u8>, String, Option<i64>
 
 /// Polls (for `within` at most) until `table` at `url` holds exactly `want` (key, value) rows;
 /// panics with the rows missing, stale or extra.
-pub fn wait_for_rows(url: &str, table: &str, want: &std::collections::BTreeMap<String, Vec<u8>>, within: Duration) {
+pub fn wait_for_rows(
+    url: &str,
+    table: &str,
+    want: &std::collections::BTreeMap<String, Vec<u8>>,
+    within: Duration,
+) {
     wait_for_rows_of(url, table, want, within, false);
 }
 
