@@ -41,7 +41,7 @@ const PLAIN: usize = 1000;
 /// Clients reading hot backed keys through the kill and the restart, each on its own connection
 /// (and thread): 200 in CI, `GRID_RESTART_CLIENTS` for more (docs/RELIABILITY.md has a run with
 /// 1,000).
-fn clients() -> usize {
+fn client_count() -> usize {
     std::env::var("GRID_RESTART_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
 }
 /// The hot keys they read (`session:0` ..): four clients per key (200 clients), so loads can
@@ -346,7 +346,7 @@ fn a_grid_killed_all_at_once_comes_back_serving_every_slot_and_every_backed_key_
     std::thread::scope(|clients| {
         // A failing assertion stops them too (the scope waits for them).
         let _stop = StopOnDrop(&stop);
-        let reports: Vec<_> = (0..clients())
+        let reports: Vec<_> = (0..client_count())
             .map(|i| {
                 let (homes, killed, stop) = (&homes, &killed, &stop);
                 clients.spawn(move || reconnecting_client(i, homes, killed, stop))
