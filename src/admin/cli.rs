@@ -274,11 +274,7 @@ pub fn render_table(view: &ClusterView) -> String {
 /// after joins and leaves).
 fn ranges(slots: &[[u16; 2]]) -> String {
     const SHOWN: usize = 3;
-    let mut parts: Vec<String> = slots
-        .iter()
-        .take(SHOWN)
-        .map(|[a, b]| if a == b { a.to_string() } else { format!("{a}-{b}") })
-        .collect();
+    let mut parts: Vec<String> = slots.iter().take(SHOWN).map(crate::cluster::slotmap::range_text).collect();
     if slots.len() > SHOWN {
         parts.push(format!("+{} ranges", slots.len() - SHOWN));
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::slotmap::slot_ranges;
 use crate::cluster::{NodeId, SlotMap};
 use crate::server::Server;
 use crate::store::slot::SLOT_COUNT;
@@ -247,8 +248,8 @@ impl Grid {
             (status.role, status.roles) = ("none".into(), Vec::new());
             return;
         };
-        status.slots = ranges(map.slots.iter().map(|o| o.primary == Some(i)));
-        status.replica_slots = ranges(map.slots.iter().map(|o| o.replicas.contains(&i)));
+        status.slots = slot_ranges(map.slots.iter().map(|o| o.primary == Some(i)));
+        status.replica_slots = slot_ranges(map.slots.iter().map(|o| o.replicas.contains(&i)));
         status.slots_importing = map.migrations.values().filter(|m| m.to == i).count() as u32;
         status.slots_migrating = map.migrations.values().filter(|m| m.from == i).count() as u32;
         status.roles = [("primary", !status.slots.is_empty()), ("replica", !status.replica_slots.is_empty())]
@@ -258,22 +259,6 @@ impl Grid {
             .collect();
         status.role = if status.roles.is_empty() { "none".into() } else { status.roles.join("+") };
     }
-}
-
-/// Inclusive ranges of the slots for which `member` is true.
-fn ranges(member: impl Iterator<Item = bool>) -> Vec<[u16; 2]> {
-    let mut out: Vec<[u16; 2]> = Vec::new();
-    for (slot, yes) in member.enumerate() {
-        if !yes {
-            continue;
-        }
-        let slot = slot as u16;
-        match out.last_mut() {
-            Some(last) if last[1] + 1 == slot => last[1] = slot,
-            _ => out.push([slot, slot]),
-        }
-    }
-    out
 }
 
 /// The `/cluster` document: every member of the map this node has (and this node, if it is
@@ -410,13 +395,6 @@ pub fn is_ready(server: &Server) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_join_adjacent_slots() {
-        let member = (0..20).map(|s| (2..5).contains(&s) || s == 7 || s >= 18);
-        assert_eq!(ranges(member), vec![[2, 4], [7, 7], [18, 19]]);
-        assert_eq!(ranges(std::iter::repeat_n(false, 4)), Vec::<[u16; 2]>::new());
-    }
 
     #[test]
     fn a_document_without_the_grid_fields_still_reads() {

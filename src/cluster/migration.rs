@@ -122,9 +122,7 @@ pub fn import(
     // dropped under it too, so an import is never dropped after it was acknowledged.
     let mut db = server.keyspace.lock_slot(slot, now_ms());
     let view = cluster.view();
-    if view.map.epoch < epoch {
-        return Err(format!("behind the source: epoch {} < {epoch}", view.map.epoch));
-    }
+    view.not_behind(epoch, "source")?;
     let from_source = view.map.migrations.get(&slot).is_some_and(|m| view.map.node(m.from).id == from);
     if view.role(slot) != SlotRole::Importing || !from_source {
         return Err(format!("slot {slot} is not migrating to this node (epoch {})", view.map.epoch));

@@ -11,6 +11,32 @@ use super::node_id::NodeId;
 use super::placement::SlotAssignment;
 use crate::store::SLOT_COUNT;
 
+/// Inclusive ranges of the slots for which `member` is true (slot `i` is the iterator's `i`th
+/// item), adjacent slots joined: how the admin port, the CLI and the logs show slot sets.
+pub fn slot_ranges(member: impl Iterator<Item = bool>) -> Vec<[u16; 2]> {
+    let mut out: Vec<[u16; 2]> = Vec::new();
+    for (slot, yes) in member.enumerate() {
+        if !yes {
+            continue;
+        }
+        let slot = slot as u16;
+        match out.last_mut() {
+            Some(last) if last[1] + 1 == slot => last[1] = slot,
+            _ => out.push([slot, slot]),
+        }
+    }
+    out
+}
+
+/// A slot range as text: `0-5460`, or `7` for a range of one slot.
+pub fn range_text([first, last]: &[u16; 2]) -> String {
+    if first == last {
+        first.to_string()
+    } else {
+        format!("{first}-{last}")
+    }
+}
+
 /// A member of the grid as clients and peers reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -316,6 +342,15 @@ mod tests {
         let mut bad = map.clone();
         bad.migrations.insert(3, Migration { from: 0, to: 0 });
         assert_eq!(bad.validate(), Err(SlotMapError::BadMigration(3)));
+    }
+
+    #[test]
+    fn slot_ranges_join_adjacent_slots() {
+        let member = (0..20).map(|s| (2..5).contains(&s) || s == 7 || s >= 18);
+        assert_eq!(slot_ranges(member), vec![[2, 4], [7, 7], [18, 19]]);
+        assert_eq!(slot_ranges(std::iter::repeat_n(false, 4)), Vec::<[u16; 2]>::new());
+        assert_eq!(range_text(&[2, 4]), "2-4");
+        assert_eq!(range_text(&[7, 7]), "7");
     }
 
     #[test]

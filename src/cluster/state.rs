@@ -86,6 +86,16 @@ pub enum SlotRole {
 }
 
 impl View {
+    /// Err unless this map is at least as new as a peer's `epoch` (`peer` names the peer in the
+    /// error): a node behind the peer that sent a batch must not act on it yet; the peer asks
+    /// again.
+    pub fn not_behind(&self, epoch: u64, peer: &str) -> Result<(), String> {
+        if self.map.epoch < epoch {
+            return Err(format!("behind the {peer}: epoch {} < {epoch}", self.map.epoch));
+        }
+        Ok(())
+    }
+
     /// This node's role for `slot`.
     pub fn role(&self, slot: u16) -> SlotRole {
         let Some(me) = self.me else { return SlotRole::None };
@@ -370,26 +380,23 @@ impl Cluster {
 /// Logs (debug) how this node's slot roles change from `was` to `now`, as slot ranges per
 /// transition: the map history a diagnosis of a lost key needs.
 fn log_role_changes(was: &View, now: &View) {
-    let mut changes: std::collections::BTreeMap<String, Vec<(u16, u16)>> = Default::default();
-    for s in 0..crate::store::SLOT_COUNT as u16 {
-        let (a, b) = (was.role(s), now.role(s));
-        if a == b {
-            continue;
-        }
-        let ranges = changes.entry(format!("{a:?}->{b:?}")).or_default();
-        match ranges.last_mut() {
-            Some((_, end)) if *end + 1 == s => *end = s,
-            _ => ranges.push((s, s)),
+    use crate::cluster::slotmap::{range_text, slot_ranges};
+    let change = |s: u16| Some((was.role(s), now.role(s))).filter(|(a, b)| a != b);
+    let all: Vec<Option<(SlotRole, SlotRole)>> = (0..crate::store::SLOT_COUNT as u16).map(change).collect();
+    let mut kinds: Vec<(SlotRole, SlotRole)> = Vec::new();
+    for c in all.iter().flatten() {
+        if !kinds.contains(c) {
+            kinds.push(*c);
         }
     }
-    let text: Vec<String> = changes
+    let mut text: Vec<String> = kinds
         .iter()
-        .map(|(t, r)| {
-            let r: Vec<String> =
-                r.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
-            format!("{t} {}", r.join(","))
+        .map(|&(a, b)| {
+            let ranges = slot_ranges(all.iter().map(|c| *c == Some((a, b))));
+            format!("{a:?}->{b:?} {}", ranges.iter().map(range_text).collect::<Vec<_>>().join(","))
         })
         .collect();
+    text.sort();
     tracing::debug!(from = was.map.epoch, to = now.map.epoch, changes = %text.join("; "), "map installed");
 }
 

@@ -636,9 +636,7 @@ fn queue_slot(server: &Server, r: &Replication, replica: NodeId, slot: usize) ->
 pub fn sync_requested(server: &Server, replica: NodeId, epoch: u64, token: u64) -> Result<usize, String> {
     let r = server.replication.get().ok_or("not in cluster mode")?;
     let view = r.cluster.view();
-    if view.map.epoch < epoch {
-        return Err(format!("behind the replica: epoch {} < {epoch}", view.map.epoch));
-    }
+    view.not_behind(epoch, "replica")?;
     let mut queued = 0;
     if let (Some(me), Some(ri)) = (view.me, view.map.index_of(&replica)) {
         for (slot, owners) in view.map.slots.iter().enumerate() {
@@ -708,10 +706,7 @@ pub fn apply(
     let cluster = server.cluster.get().ok_or("not in cluster mode")?;
     // Checked once for the batch (maps only move forward): an empty batch ("nothing more
     // for you") must not be taken by a replica that does not yet know what it replicates.
-    let mine = cluster.view().map.epoch;
-    if mine < epoch {
-        return Err(format!("behind the primary: epoch {mine} < {epoch}"));
-    }
+    cluster.view().not_behind(epoch, "primary")?;
     let limits = server.keyspace.settings.hash_limits();
     let mut applied = 0;
     // Keys of backed key spaces the sender may not have written to Postgres yet.
